@@ -1,0 +1,470 @@
+/* epoll event loop with ZeroMQ, timer, signal, deferred-call and thread-pool support.
+ *
+ * ZeroMQ's ZMQ_FD is edge-like: it signals when the socket's event state may have changed and
+ * stays quiet until the next change. So a zmq watch is called repeatedly while ZMQ_EVENTS has
+ * ZMQ_POLLIN, and a send (which can swallow the edge) must kick a re-check. Watches removed
+ * inside a callback are only marked dead and freed after the current batch, so a pointer in
+ * the epoll batch is never dangling. */
+#include "loop.h"
+#include "util.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <czmq.h>
+#include <zmq.h>
+
+enum watch_kind { W_IO, W_ZMQ, W_TIMER, W_SIGNAL, W_INTERNAL };
+
+struct loop_watch {
+    enum watch_kind kind;
+    int fd;
+    bool owns_fd;
+    bool dead;
+    bool kicked;
+    int signo;
+    void *sock; /* as given by the caller */
+    void *raw;  /* libzmq handle */
+    union {
+        loop_io_fn io;
+        loop_zmq_fn zmq;
+        loop_timer_fn timer;
+        loop_signal_fn sig;
+    } fn;
+    void *arg;
+    loop_watch_t *next_dead;
+    loop_watch_t *next_kick;
+};
+
+struct defer {
+    loop_defer_fn fn;
+    void *arg;
+    struct defer *next;
+};
+
+struct job {
+    loop_work_fn work;
+    loop_done_fn done;
+    void *arg;
+    struct job *next;
+};
+
+struct loop {
+    int epfd;
+    bool stop;
+    loop_watch_t *dead;
+    loop_watch_t *kicks;
+    struct defer *defer_head, *defer_tail;
+
+    /* thread pool */
+    unsigned nthreads;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool pool_stop;
+    struct job *queue_head, *queue_tail;
+    struct job *done_head, *done_tail;
+    int efd;
+    loop_watch_t *efd_watch;
+};
+
+static uint32_t to_epoll(unsigned ev) {
+    uint32_t e = 0;
+    if (ev & LOOP_READ)
+        e |= EPOLLIN;
+    if (ev & LOOP_WRITE)
+        e |= EPOLLOUT;
+    return e;
+}
+
+static loop_watch_t *watch_new(loop_t *loop, enum watch_kind kind, int fd, uint32_t ev) {
+    loop_watch_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->kind = kind;
+    w->fd = fd;
+    struct epoll_event e = {.events = ev, .data.ptr = w};
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
+        int saved = errno;
+        free(w);
+        errno = saved;
+        return NULL;
+    }
+    return w;
+}
+
+loop_watch_t *loop_io_add(loop_t *loop, int fd, unsigned events, loop_io_fn fn, void *arg) {
+    loop_watch_t *w = watch_new(loop, W_IO, fd, to_epoll(events));
+    if (!w)
+        return NULL;
+    w->fn.io = fn;
+    w->arg = arg;
+    return w;
+}
+
+int loop_io_mod(loop_t *loop, loop_watch_t *w, unsigned events) {
+    struct epoll_event e = {.events = to_epoll(events), .data.ptr = w};
+    return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, w->fd, &e) < 0 ? -errno : 0;
+}
+
+loop_watch_t *loop_zmq_add(loop_t *loop, void *sock, loop_zmq_fn fn, void *arg) {
+    void *raw = zsock_resolve(sock);
+    int fd;
+    size_t len = sizeof fd;
+    if (!raw || zmq_getsockopt(raw, ZMQ_FD, &fd, &len) < 0)
+        return NULL;
+    loop_watch_t *w = watch_new(loop, W_ZMQ, fd, EPOLLIN | EPOLLET);
+    if (!w)
+        return NULL;
+    w->sock = sock;
+    w->raw = raw;
+    w->fn.zmq = fn;
+    w->arg = arg;
+    /* Messages may already be queued: the edge for them happened before we watched. */
+    loop_zmq_kick(loop, w);
+    return w;
+}
+
+void loop_zmq_kick(loop_t *loop, loop_watch_t *w) {
+    if (!w || w->dead || w->kicked)
+        return;
+    w->kicked = true;
+    w->next_kick = loop->kicks;
+    loop->kicks = w;
+}
+
+static bool zmq_readable(loop_watch_t *w) {
+    int ev = 0;
+    size_t len = sizeof ev;
+    if (zmq_getsockopt(w->raw, ZMQ_EVENTS, &ev, &len) < 0)
+        return false;
+    return (ev & ZMQ_POLLIN) != 0;
+}
+
+static void zmq_dispatch(loop_t *loop, loop_watch_t *w) {
+    /* Bounded so one busy socket cannot starve the rest; a leftover gets a kick. */
+    for (int i = 0; i < 64 && !w->dead && zmq_readable(w); i++)
+        w->fn.zmq(loop, w, w->sock, w->arg);
+    if (!w->dead && zmq_readable(w))
+        loop_zmq_kick(loop, w);
+}
+
+loop_watch_t *loop_timer_add(loop_t *loop, uint64_t after_ms, uint64_t repeat_ms, loop_timer_fn fn,
+                             void *arg) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    loop_watch_t *w = watch_new(loop, W_TIMER, fd, EPOLLIN);
+    if (!w) {
+        close(fd);
+        return NULL;
+    }
+    w->owns_fd = true;
+    w->fn.timer = fn;
+    w->arg = arg;
+    if (loop_timer_rearm(loop, w, after_ms, repeat_ms) < 0) {
+        loop_watch_del(loop, &w);
+        return NULL;
+    }
+    return w;
+}
+
+int loop_timer_rearm(loop_t *loop, loop_watch_t *w, uint64_t after_ms, uint64_t repeat_ms) {
+    (void)loop;
+    if (after_ms == 0)
+        after_ms = 1; /* 0 would disarm */
+    struct itimerspec its = {
+        .it_value = {.tv_sec = (time_t)(after_ms / 1000), .tv_nsec = (long)(after_ms % 1000) * 1000000L},
+        .it_interval = {.tv_sec = (time_t)(repeat_ms / 1000),
+                        .tv_nsec = (long)(repeat_ms % 1000) * 1000000L},
+    };
+    return timerfd_settime(w->fd, 0, &its, NULL) < 0 ? -errno : 0;
+}
+
+loop_watch_t *loop_signal_add(loop_t *loop, int signo, loop_signal_fn fn, void *arg) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return NULL;
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    loop_watch_t *w = watch_new(loop, W_SIGNAL, fd, EPOLLIN);
+    if (!w) {
+        close(fd);
+        return NULL;
+    }
+    w->owns_fd = true;
+    w->signo = signo;
+    w->fn.sig = fn;
+    w->arg = arg;
+    return w;
+}
+
+void loop_watch_del(loop_t *loop, loop_watch_t **w_p) {
+    loop_watch_t *w = w_p ? *w_p : NULL;
+    if (!w)
+        return;
+    *w_p = NULL;
+    if (w->dead)
+        return;
+    w->dead = true;
+    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    if (w->owns_fd) {
+        close(w->fd);
+        w->fd = -1;
+    }
+    w->next_dead = loop->dead;
+    loop->dead = w;
+}
+
+static void reap_dead(loop_t *loop) {
+    /* Kicks may point at dead watches: drop those first. */
+    loop_watch_t **pp = &loop->kicks;
+    while (*pp) {
+        if ((*pp)->dead)
+            *pp = (*pp)->next_kick;
+        else
+            pp = &(*pp)->next_kick;
+    }
+    while (loop->dead) {
+        loop_watch_t *w = loop->dead;
+        loop->dead = w->next_dead;
+        free(w);
+    }
+}
+
+int loop_defer(loop_t *loop, loop_defer_fn fn, void *arg) {
+    struct defer *d = malloc(sizeof *d);
+    if (!d)
+        return -ENOMEM;
+    *d = (struct defer){.fn = fn, .arg = arg};
+    if (loop->defer_tail)
+        loop->defer_tail->next = d;
+    else
+        loop->defer_head = d;
+    loop->defer_tail = d;
+    return 0;
+}
+
+static void run_defers(loop_t *loop) {
+    /* Only the ones queued before this pass: a defer that defers again runs next pass. */
+    struct defer *d = loop->defer_head;
+    loop->defer_head = loop->defer_tail = NULL;
+    while (d) {
+        struct defer *next = d->next;
+        d->fn(loop, d->arg);
+        free(d);
+        d = next;
+    }
+}
+
+static void *pool_main(void *p) {
+    loop_t *loop = p;
+    pthread_mutex_lock(&loop->mu);
+    for (;;) {
+        while (!loop->queue_head && !loop->pool_stop)
+            pthread_cond_wait(&loop->cv, &loop->mu);
+        struct job *j = loop->queue_head;
+        if (!j)
+            break; /* stopping and the queue is drained */
+        loop->queue_head = j->next;
+        if (!loop->queue_head)
+            loop->queue_tail = NULL;
+        pthread_mutex_unlock(&loop->mu);
+        j->work(j->arg);
+        pthread_mutex_lock(&loop->mu);
+        j->next = NULL;
+        if (loop->done_tail)
+            loop->done_tail->next = j;
+        else
+            loop->done_head = j;
+        loop->done_tail = j;
+        uint64_t one = 1;
+        (void)!write(loop->efd, &one, sizeof one);
+    }
+    pthread_mutex_unlock(&loop->mu);
+    return NULL;
+}
+
+static void run_done(loop_t *loop) {
+    pthread_mutex_lock(&loop->mu);
+    struct job *j = loop->done_head;
+    loop->done_head = loop->done_tail = NULL;
+    pthread_mutex_unlock(&loop->mu);
+    while (j) {
+        struct job *next = j->next;
+        if (j->done)
+            j->done(loop, j->arg);
+        free(j);
+        j = next;
+    }
+}
+
+static void on_efd(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
+    uint64_t v;
+    (void)!read(fd, &v, sizeof v);
+    run_done(loop);
+}
+
+int loop_work_submit(loop_t *loop, loop_work_fn work, loop_done_fn done, void *arg) {
+    if (loop->nthreads == 0)
+        return -ENOTSUP;
+    struct job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -ENOMEM;
+    *j = (struct job){.work = work, .done = done, .arg = arg};
+    pthread_mutex_lock(&loop->mu);
+    if (loop->queue_tail)
+        loop->queue_tail->next = j;
+    else
+        loop->queue_head = j;
+    loop->queue_tail = j;
+    pthread_cond_signal(&loop->cv);
+    pthread_mutex_unlock(&loop->mu);
+    return 0;
+}
+
+loop_t *loop_new(unsigned nthreads) {
+    loop_t *loop = calloc(1, sizeof *loop);
+    if (!loop)
+        return NULL;
+    loop->efd = -1;
+    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (loop->epfd < 0)
+        goto fail;
+    pthread_mutex_init(&loop->mu, NULL);
+    pthread_cond_init(&loop->cv, NULL);
+    if (nthreads > 0) {
+        loop->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (loop->efd < 0)
+            goto fail;
+        loop->efd_watch = loop_io_add(loop, loop->efd, LOOP_READ, on_efd, NULL);
+        if (!loop->efd_watch)
+            goto fail;
+        loop->threads = calloc(nthreads, sizeof *loop->threads);
+        if (!loop->threads)
+            goto fail;
+        for (unsigned i = 0; i < nthreads; i++) {
+            if (pthread_create(&loop->threads[i], NULL, pool_main, loop) != 0)
+                goto fail;
+            loop->nthreads++;
+        }
+    }
+    return loop;
+fail:
+    loop_destroy(&loop);
+    return NULL;
+}
+
+void loop_destroy(loop_t **loop_p) {
+    loop_t *loop = loop_p ? *loop_p : NULL;
+    if (!loop)
+        return;
+    *loop_p = NULL;
+    pthread_mutex_lock(&loop->mu);
+    loop->pool_stop = true;
+    pthread_cond_broadcast(&loop->cv);
+    pthread_mutex_unlock(&loop->mu);
+    for (unsigned i = 0; i < loop->nthreads; i++)
+        pthread_join(loop->threads[i], NULL);
+    free(loop->threads);
+    run_done(loop);
+    run_defers(loop);
+    loop_watch_del(loop, &loop->efd_watch);
+    reap_dead(loop);
+    while (loop->defer_head) {
+        struct defer *d = loop->defer_head;
+        loop->defer_head = d->next;
+        free(d);
+    }
+    if (loop->efd >= 0)
+        close(loop->efd);
+    if (loop->epfd >= 0)
+        close(loop->epfd);
+    pthread_mutex_destroy(&loop->mu);
+    pthread_cond_destroy(&loop->cv);
+    free(loop);
+}
+
+void loop_stop(loop_t *loop) {
+    loop->stop = true;
+}
+
+static void dispatch(loop_t *loop, loop_watch_t *w, uint32_t ev) {
+    if (w->dead)
+        return;
+    switch (w->kind) {
+    case W_IO: {
+        unsigned e = 0;
+        if (ev & EPOLLIN)
+            e |= LOOP_READ;
+        if (ev & EPOLLOUT)
+            e |= LOOP_WRITE;
+        if (ev & (EPOLLHUP | EPOLLRDHUP))
+            e |= LOOP_HUP;
+        if (ev & EPOLLERR)
+            e |= LOOP_ERR;
+        w->fn.io(loop, w, w->fd, e, w->arg);
+        break;
+    }
+    case W_ZMQ:
+        zmq_dispatch(loop, w);
+        break;
+    case W_TIMER: {
+        uint64_t n;
+        if (read(w->fd, &n, sizeof n) == (ssize_t)sizeof n)
+            w->fn.timer(loop, w, w->arg);
+        break;
+    }
+    case W_SIGNAL: {
+        struct signalfd_siginfo si;
+        while (!w->dead && read(w->fd, &si, sizeof si) == (ssize_t)sizeof si)
+            w->fn.sig(loop, (int)si.ssi_signo, w->arg);
+        break;
+    }
+    case W_INTERNAL:
+        break;
+    }
+}
+
+int loop_run(loop_t *loop) {
+    struct epoll_event evs[128];
+    loop->stop = false;
+    while (!loop->stop) {
+        run_defers(loop);
+        /* Re-check kicked zmq sockets until none is readable; each pass is bounded. */
+        while (loop->kicks && !loop->stop) {
+            loop_watch_t *k = loop->kicks;
+            loop->kicks = NULL;
+            while (k) {
+                loop_watch_t *next = k->next_kick;
+                k->kicked = false;
+                if (!k->dead)
+                    zmq_dispatch(loop, k);
+                k = next;
+            }
+            reap_dead(loop);
+            if (loop->defer_head)
+                break;
+        }
+        if (loop->stop)
+            break;
+        int timeout = (loop->defer_head || loop->kicks) ? 0 : -1;
+        int n = epoll_wait(loop->epfd, evs, (int)ARRAY_SIZE(evs), timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        for (int i = 0; i < n && !loop->stop; i++)
+            dispatch(loop, evs[i].data.ptr, evs[i].events);
+        reap_dead(loop);
+    }
+    return 0;
+}
