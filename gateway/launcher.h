@@ -16,6 +16,7 @@ typedef struct {
     const char *kernel;     /* "ipykernel" or "native" */
     const char *python;     /* interpreter for ipykernel, e.g. /usr/bin/python3 */
     const char *disk_mount; /* host path of the mounted worker disk, or NULL */
+    const char *netns_path; /* prepared, firewalled network namespace (/run/netns/...), or NULL */
     double cpu;             /* CPU quota in cores */
     uint64_t ram_mb;
     uint64_t pids_max;
