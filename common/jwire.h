@@ -35,8 +35,8 @@ void jwire_signer_destroy(jwire_signer_t **self_p);
 /* true when the key is empty (messages carry an empty signature and none is checked). */
 bool jwire_signer_is_null(const jwire_signer_t *self);
 /* hex HMAC over the four JSON frames; ret_hex gets 64 hex chars + NUL ("" when null). */
-int jwire_signer_sign(const jwire_signer_t *self, const void *const parts[4],
-                      const size_t lens[4], char ret_hex[65]);
+int jwire_signer_sign(const jwire_signer_t *self, const void *const parts[4], const size_t lens[4],
+                      char ret_hex[65]);
 /* 0 if sig (length siglen) is the right signature, -EACCES otherwise (constant time). */
 int jwire_signer_verify(const jwire_signer_t *self, const void *const parts[4],
                         const size_t lens[4], const void *sig, size_t siglen);
@@ -47,7 +47,8 @@ typedef struct jwire_replay jwire_replay_t;
 /* Remembers the last `capacity` signatures (FIFO eviction); lookups O(1). */
 jwire_replay_t *jwire_replay_new(size_t capacity);
 void jwire_replay_destroy(jwire_replay_t **self_p);
-/* 0 and remembered if new, -EALREADY if seen. */
+/* 0 and remembered if new, -EALREADY if seen; -EINVAL if sig_hex is empty or longer than 64
+ * characters (an HMAC-SHA256 hex digest is exactly 64). */
 int jwire_replay_check_add(jwire_replay_t *self, const char *sig_hex);
 
 /* ---- messages --------------------------------------------------------------------------- */
@@ -58,12 +59,12 @@ typedef struct {
 } jwire_limits_t;
 
 typedef struct jwire_msg {
-    zmsg_t *ids;          /* routing identities, never NULL (may be empty) */
-    json_t *header;       /* objects, never NULL after decode/new */
+    zmsg_t *ids;    /* routing identities, never NULL (may be empty) */
+    json_t *header; /* objects, never NULL after decode/new */
     json_t *parent_header;
     json_t *metadata;
     json_t *content;
-    zmsg_t *buffers;      /* raw buffers, never NULL (may be empty) */
+    zmsg_t *buffers; /* raw buffers, never NULL (may be empty) */
 } jwire_msg_t;
 
 /* A new message with a fresh header {msg_id (uuid4), session, username, date (now, ISO 8601
@@ -82,8 +83,12 @@ int jwire_msg_decode(zmsg_t **zmsg_p, const jwire_signer_t *signer, jwire_replay
 
 /* Encode and send on a zsock (multipart); 0 or -errno. Does not consume the message. */
 int jwire_msg_send(const jwire_msg_t *self, const jwire_signer_t *signer, zsock_t *sock);
-/* Receive one multipart message (blocking per the socket's options) and decode it.
- * Also enforces limits->max_bytes/max_frames while reading. */
+/* Receive one multipart message and decode it. Never blocks: -EAGAIN when no message is
+ * waiting (call it until -EAGAIN from a loop_zmq_add() callback). Also enforces
+ * limits->max_bytes/max_frames while reading: an oversized message is read to its end and
+ * dropped (-EMSGSIZE), so the socket stays at a message boundary. sock may also be a raw
+ * libzmq socket (anything zsock_resolve() accepts); so may jwire_msg_send()'s, whose sends
+ * block or not per the socket's ZMQ_SNDTIMEO. */
 int jwire_msg_recv(zsock_t *sock, const jwire_signer_t *signer, jwire_replay_t *replay,
                    const jwire_limits_t *limits, jwire_msg_t **ret);
 
@@ -93,19 +98,26 @@ const char *jwire_msg_id(const jwire_msg_t *self);
 const char *jwire_msg_parent_id(const jwire_msg_t *self);
 const char *jwire_msg_parent_type(const jwire_msg_t *self);
 
-/* ISO 8601 UTC with microseconds and "Z": "2026-11-22T01:53:32.123456Z" (28 chars + NUL). */
+/* ISO 8601 UTC with microseconds and "Z": "2026-11-22T01:53:32.123456Z" (27 chars + NUL). */
 void jwire_now_iso8601(char ret[32]);
 
 /* ---- connection files ------------------------------------------------------------------- */
 
-typedef enum { JWIRE_SHELL, JWIRE_IOPUB, JWIRE_STDIN, JWIRE_CONTROL, JWIRE_HB, JWIRE_NCHANNELS } jwire_channel_t;
+typedef enum {
+    JWIRE_SHELL,
+    JWIRE_IOPUB,
+    JWIRE_STDIN,
+    JWIRE_CONTROL,
+    JWIRE_HB,
+    JWIRE_NCHANNELS
+} jwire_channel_t;
 
 typedef struct {
-    char transport[8];    /* "tcp" or "ipc" */
-    char ip[256];         /* tcp: address; ipc: path prefix */
+    char transport[8]; /* "tcp" or "ipc" */
+    char ip[256];      /* tcp: address; ipc: path prefix */
     int ports[JWIRE_NCHANNELS];
     char signature_scheme[32];
-    char key[256];        /* as text, as the file holds it */
+    char key[256]; /* as text, as the file holds it */
     char kernel_name[64];
 } jwire_conn_t;
 

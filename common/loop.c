@@ -266,6 +266,12 @@ static void run_defers(loop_t *loop) {
 
 static void *pool_main(void *p) {
     loop_t *loop = p;
+    /* Signals belong to the loop thread (signalfd): a pool thread must never take one, or a
+     * SIGTERM would hit its default action there. Children forked from here must reset
+     * their mask before exec. */
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_mutex_lock(&loop->mu);
     for (;;) {
         while (!loop->queue_head && !loop->pool_stop)
@@ -366,7 +372,6 @@ void loop_destroy(loop_t **loop_p) {
     loop_t *loop = loop_p ? *loop_p : NULL;
     if (!loop)
         return;
-    *loop_p = NULL;
     pthread_mutex_lock(&loop->mu);
     loop->pool_stop = true;
     pthread_cond_broadcast(&loop->cv);
@@ -374,8 +379,11 @@ void loop_destroy(loop_t **loop_p) {
     for (unsigned i = 0; i < loop->nthreads; i++)
         pthread_join(loop->threads[i], NULL);
     free(loop->threads);
+    /* Done callbacks may still use the loop (to delete their watches): keep *loop_p valid
+     * until they have run. */
     run_done(loop);
     run_defers(loop);
+    *loop_p = NULL;
     loop_watch_del(loop, &loop->efd_watch);
     reap_dead(loop);
     while (loop->defer_head) {

@@ -11,6 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+/* czmq's prelude defines streq/strneq as macros that are not NULL-safe; include it first so
+ * ours always win, whatever a file includes after util.h. */
+#include <czmq.h>
+#undef streq
+#undef strneq
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -48,9 +53,10 @@ static inline void fclosep(FILE **f) {
         _tf;                                                                                       \
     })
 
-static inline bool streq(const char *a, const char *b) {
+static inline bool kbox_streq(const char *a, const char *b) {
     return a && b && strcmp(a, b) == 0;
 }
+#define streq(a, b) kbox_streq((a), (b))
 static inline bool startswith(const char *s, const char *prefix) {
     return s && strncmp(s, prefix, strlen(prefix)) == 0;
 }

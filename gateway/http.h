@@ -45,7 +45,9 @@ typedef struct {
      * response is complete or the connection closes, whichever comes first. */
     void (*on_request)(http_conn_t *conn, const http_request_t *req, void *server_arg);
     /* The connection is going away (peer closed, error, timeout, server shutdown). Called once
-     * per connection that has a user pointer set; after it returns, conn is freed. */
+     * per connection that has a user pointer set; after it returns, conn is freed, so no
+     * response can follow it. A peer that closes (or half-closes) while its request is being
+     * handled is reported here at once, without waiting for the response. */
     void (*on_close)(http_conn_t *conn, void *conn_user, void *server_arg);
 } http_handlers_t;
 
@@ -66,6 +68,9 @@ http_server_t *http_server_new(loop_t *loop, const http_server_config_t *cfg,
 void http_server_destroy(http_server_t **self_p);
 /* Bind and listen (SO_REUSEADDR); host is an IPv4/IPv6 literal or "localhost". -errno. */
 int http_server_listen(http_server_t *self, const char *host, uint16_t port);
+/* Serve an already connected stream socket as if accepted (tests, fuzzing, socket
+ * activation). Takes ownership of fd (closed on failure); -EBUSY at max_connections. */
+int http_server_adopt(http_server_t *self, int fd);
 /* The bound port (useful with port 0 in tests). */
 uint16_t http_server_port(const http_server_t *self);
 size_t http_server_connection_count(const http_server_t *self);
@@ -73,14 +78,17 @@ size_t http_server_connection_count(const http_server_t *self);
 /* ---- per request ------------------------------------------------------------------------ */
 
 const char *http_request_header(const http_request_t *req, const char *lname);
-/* Percent-decoded value of query parameter `name` ("" if present without value). -ENOENT if
- * absent, -ENAMETOOLONG if it does not fit. */
+/* Percent-decoded value of query parameter `name` ("" if present without value); '+' decodes
+ * to a space. Returns the decoded length (>= 0); -ENOENT if absent, -ENAMETOOLONG if it does
+ * not fit, -EINVAL for a bad escape or %00 in the value. The first occurrence wins. */
 int http_query_param(const char *query, const char *name, char *buf, size_t len);
 
 void http_conn_set_user(http_conn_t *conn, void *user);
 void *http_conn_user(const http_conn_t *conn);
 /* Peer address as text, for logs. */
 const char *http_conn_peer(const http_conn_t *conn);
+/* The loop the connection runs on (the WebSocket layer needs it). */
+loop_t *http_conn_loop(const http_conn_t *conn);
 
 /* A complete response. extra_headers: NULL or "Name: value\r\n" lines. Adds Content-Length,
  * Content-Type, Date-free minimal headers, Connection per keep-alive. -EINVAL if a response
@@ -91,20 +99,27 @@ int http_conn_respond(http_conn_t *conn, int status, const char *content_type,
 int http_conn_respond_error(http_conn_t *conn, int status, const char *error, const char *detail);
 
 /* Chunked streaming response. write: -ENOBUFS when the outbound buffer is over its limit (the
- * caller decides whether to drop or to stop producing); end: the terminating chunk. */
+ * caller decides whether to drop or to stop producing); end: the terminating chunk.
+ * -ENOBUFS means nothing was queued: pending + len would exceed max_outbuf_bytes (a write to
+ * an empty buffer is always taken). An HTTP/1.0 client gets the body unchunked, then a close.
+ * These calls, like http_conn_respond, never call on_request/on_close themselves; -EPIPE
+ * once the socket failed (on_close follows from the loop). */
 int http_conn_stream_begin(http_conn_t *conn, int status, const char *content_type,
                            const char *extra_headers);
 int http_conn_stream_write(http_conn_t *conn, const void *data, size_t len);
 int http_conn_stream_end(http_conn_t *conn);
 size_t http_conn_outbuf_len(const http_conn_t *conn);
 
-/* Close now (no further callbacks except on_close). */
+/* Close now (no further callbacks except on_close, which runs before this returns when a
+ * user pointer is set: clear it first with http_conn_set_user(conn, NULL) if the caller has
+ * already released it). conn is invalid afterwards. */
 void http_conn_close(http_conn_t *conn);
 
 /* For the WebSocket layer: take the socket away from HTTP after the 101 response is queued.
  * Returns the fd (now owned by the caller, still non-blocking) plus any bytes already read
  * past the request (copied into *ret_extra, malloc'd, may be NULL/0). The conn is freed
- * without on_close. */
+ * without on_close. Output still queued is sent first; -EAGAIN (nothing changed) if the
+ * socket cannot take it now. ws_accept() writes its 101 itself, after the detach. */
 int http_conn_detach(http_conn_t *conn, int *ret_fd, char **ret_extra, size_t *ret_extra_len);
 
 /* Reason phrase for a status code ("Not Found"). */

@@ -33,6 +33,9 @@ typedef struct launcher launcher_t;
 
 struct launcher {
     const char *name;
+    /* Where the kernel sees spec->run_dir (the connection file's ipc prefix must be valid
+     * there); NULL when it sees the host path itself. */
+    const char *kernel_run_dir;
     /* Blocking. Starts the kernel; on success fills ret (pid, pidfd) and returns 0. */
     int (*start)(launcher_t *self, const launcher_spec_t *spec, launcher_proc_t *ret);
     /* Non-blocking. SIGINT to the kernel process (interrupt_mode "signal"). */

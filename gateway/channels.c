@@ -1,0 +1,214 @@
+/* The WebSocket bridge between Jupyter clients and a session's kernel. The gateway holds the
+ * kernel's key: clients send unsigned messages, we sign them onto the kernel's channels and
+ * verify everything that comes back. Several clients may share a kernel: iopub goes to all of
+ * them, a shell/control/stdin message goes to the client whose request it answers (routed by
+ * the parent msg_id). A slow client is disconnected rather than buffered without bound. */
+#include "gw.h"
+#include "log.h"
+#include "util.h"
+#include "ws.h"
+#include "wsframe.h"
+
+#define MAX_CLIENTS_PER_KERNEL 64
+#define MAX_ROUTES             8192
+#define MAX_HELD               256
+
+struct gw_wsclient {
+    TAILQ_ENTRY(gw_wsclient) link;
+    gw_session_t *session; /* NULL once the session is gone */
+    ws_conn_t *ws;
+    wsframe_proto_t proto;
+};
+
+/* Messages from clients that arrive while the kernel is (re)starting wait here, bounded. */
+typedef struct {
+    jwire_channel_t ch;
+    jwire_msg_t *msg;
+} held_t;
+
+static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg) {
+    bool binary = false;
+    char *data = NULL;
+    size_t len = 0;
+    if (wsframe_encode(c->proto, ch, msg, &binary, &data, &len) < 0)
+        return;
+    int r = ws_send(c->ws, binary, data, len);
+    free(data);
+    if (r == -ENOBUFS) {
+        log_warn("channels", "slow WebSocket client disconnected", "{s:s}", "kernel_id",
+                 c->session ? c->session->kernel_id : "");
+        ws_close(c->ws, 1008, "client too slow");
+    }
+}
+
+void gw_channels_dispatch(gw_session_t *s, jwire_channel_t ch, const jwire_msg_t *msg) {
+    if (ch == JWIRE_IOPUB) {
+        gw_wsclient_t *c, *next;
+        for (c = TAILQ_FIRST(&s->clients); c; c = next) {
+            next = TAILQ_NEXT(c, link);
+            client_send(c, ch, msg);
+        }
+        return;
+    }
+    const char *parent = jwire_msg_parent_id(msg);
+    gw_wsclient_t *c = zhashx_lookup(s->routes, parent);
+    if (!c)
+        return; /* an answer to /execute, or to a client that has gone */
+    client_send(c, ch, msg);
+    /* A reply ends the request's routing; stdin requests come before the reply. */
+    if (ch != JWIRE_STDIN && strstr(jwire_msg_type(msg), "_reply"))
+        zhashx_delete(s->routes, parent);
+}
+
+static void send_to_kernel(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg) {
+    int r = gw_worker_send(s->worker, ch, msg);
+    if (r < 0)
+        log_warn("channels", "cannot forward to kernel", "{s:s,s:s}", "kernel_id", s->kernel_id,
+                 "error", strerror(-r));
+}
+
+static zlistx_t *held_list(gw_session_t *s, bool create);
+static void held_free(void **item);
+
+void gw_channels_flush(gw_session_t *s) {
+    zlistx_t *held = held_list(s, false);
+    if (!held || !s->worker)
+        return;
+    held_t *h;
+    while ((h = zlistx_detach(held, NULL))) {
+        send_to_kernel(s, h->ch, h->msg);
+        jwire_msg_destroy(&h->msg);
+        free(h);
+    }
+}
+
+static void held_free(void **item) {
+    held_t *h = *item;
+    if (h) {
+        jwire_msg_destroy(&h->msg);
+        free(h);
+        *item = NULL;
+    }
+}
+
+static zlistx_t *held_list(gw_session_t *s, bool create) {
+    if (!s->held && create) {
+        s->held = zlistx_new();
+        if (s->held)
+            zlistx_set_destructor(s->held, held_free);
+    }
+    return s->held;
+}
+
+static void on_ws_message(ws_conn_t *ws, bool binary, const void *data, size_t len, void *arg) {
+    gw_wsclient_t *c = arg;
+    gw_session_t *s = c->session;
+    if (!s)
+        return;
+    jwire_channel_t ch;
+    jwire_msg_t *msg = NULL;
+    if (wsframe_decode(c->proto, binary, data, len, &ch, &msg) < 0) {
+        log_warn("channels", "malformed WebSocket message ignored", "{s:s,s:i}", "kernel_id",
+                 s->kernel_id, "bytes", (int)len);
+        return;
+    }
+    s->last_activity_us = now_wall_us();
+    s->last_activity_mono_ms = now_mono_ms();
+    if (zhashx_size(s->routes) >= MAX_ROUTES)
+        zhashx_purge(s->routes); /* requests that never got replies: forget, don't grow */
+    zhashx_update(s->routes, jwire_msg_id(msg), c);
+    if (!s->worker) {
+        zlistx_t *held = held_list(s, true);
+        if (held && zlistx_size(held) < MAX_HELD) {
+            held_t *h = calloc(1, sizeof *h);
+            if (h) {
+                h->ch = ch;
+                h->msg = msg;
+                zlistx_add_end(held, h);
+                msg = NULL;
+            }
+        }
+        jwire_msg_destroy(&msg);
+        if (!s->waiting)
+            gw_pool_request(s->gw, s);
+        return;
+    }
+    send_to_kernel(s, ch, msg);
+    jwire_msg_destroy(&msg);
+}
+
+static void forget_routes_of(gw_session_t *s, gw_wsclient_t *c) {
+    zlistx_t *keys = zhashx_keys(s->routes);
+    if (!keys)
+        return;
+    for (const char *k = zlistx_first(keys); k; k = zlistx_next(keys))
+        if (zhashx_lookup(s->routes, k) == c)
+            zhashx_delete(s->routes, k);
+    zlistx_destroy(&keys);
+}
+
+static void on_ws_close(ws_conn_t *ws, uint16_t code, void *arg) {
+    gw_wsclient_t *c = arg;
+    gw_session_t *s = c->session;
+    if (s) {
+        TAILQ_REMOVE(&s->clients, c, link);
+        s->nclients--;
+        forget_routes_of(s, c);
+        s->last_activity_us = now_wall_us();
+        s->last_activity_mono_ms = now_mono_ms();
+    }
+    free(c);
+}
+
+void gw_channels_open(gw_t *gw, gw_session_t *s, http_conn_t *conn, const http_request_t *req) {
+    if (s->nclients >= MAX_CLIENTS_PER_KERNEL) {
+        http_conn_respond_error(conn, 429, "too many connections",
+                                "this kernel has too many WebSocket connections");
+        return;
+    }
+    gw_wsclient_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        http_conn_respond_error(conn, 500, "internal error", "out of memory");
+        return;
+    }
+    c->session = s;
+    static const char *const supported[] = {WSFRAME_V1_SUBPROTOCOL, NULL};
+    const char *sub = ws_subprotocol_select(req, supported);
+    if (sub)
+        c->proto = WSFRAME_V1;
+    ws_config_t cfg = {
+        .max_message_bytes = gw->cfg.max_body_bytes,
+        .max_outbuf_bytes = 4 * gw->cfg.max_output_bytes + (16u << 20),
+    };
+    ws_handlers_t h = {.on_message = on_ws_message, .on_close = on_ws_close};
+    c->ws = ws_accept(conn, req, sub, &cfg, &h, c);
+    if (!c->ws) {
+        free(c); /* ws_accept answered the bad handshake itself */
+        return;
+    }
+    TAILQ_INSERT_TAIL(&s->clients, c, link);
+    s->nclients++;
+    s->last_activity_us = now_wall_us();
+    if (!s->worker && !s->waiting)
+        gw_pool_request(gw, s);
+}
+
+void gw_channels_status(gw_session_t *s, const char *state) {
+    jwire_msg_t *m = jwire_msg_new("status", s->kernel_id, "kbox", NULL,
+                                   json_pack("{s:s}", "execution_state", state));
+    if (!m)
+        return;
+    gw_channels_dispatch(s, JWIRE_IOPUB, m);
+    jwire_msg_destroy(&m);
+}
+
+void gw_channels_close_all(gw_session_t *s) {
+    gw_wsclient_t *c;
+    while ((c = TAILQ_FIRST(&s->clients))) {
+        TAILQ_REMOVE(&s->clients, c, link);
+        s->nclients--;
+        c->session = NULL;
+        ws_close(c->ws, 1001, "kernel shut down");
+    }
+    zlistx_destroy(&s->held);
+}

@@ -1,0 +1,41 @@
+/* Gateway configuration: defaults, then environment variables (the option name in capitals
+ * with '_' for '-', e.g. MIN_IDLE_WORKERS), then command-line options. Pure and unit-tested;
+ * main() only calls gw_config_load() and prints the error it returns. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char host[256];
+    uint16_t port;
+    char state_dir[1024];
+    uint32_t min_idle_workers;
+    uint32_t max_total_workers;
+    double worker_cpu;
+    uint64_t worker_ram_mb;
+    uint64_t worker_disk_mb;
+    uint64_t worker_pids;
+    uint64_t exec_timeout_ms;
+    uint64_t idle_timeout_s;
+    uint64_t max_output_bytes;
+    uint32_t max_queue;
+    uint64_t acquire_timeout_ms;  /* how long a request waits for a worker before 503 */
+    uint64_t interrupt_grace_ms;  /* after a timeout's interrupt, before the worker is replaced */
+    uint64_t worker_start_timeout_ms;
+    uint64_t max_body_bytes;
+    uint64_t max_code_bytes;
+    char kernel[16];   /* "ipykernel" | "native" */
+    char launcher[16]; /* "runc" | "process" */
+    char python[256];
+} gw_config_t;
+
+/* Fill defaults, then apply env (getenv_fn may be NULL for the real environment), then argv.
+ * On error returns -EINVAL and writes a one-line message into err. argv[0] is skipped.
+ * Returns 1 (not an error) if --help was given; the caller prints gw_config_usage(). */
+int gw_config_load(gw_config_t *cfg, int argc, char **argv,
+                   const char *(*getenv_fn)(const char *name), char *err, size_t errlen);
+
+/* The --help text with defaults; static storage. */
+const char *gw_config_usage(void);

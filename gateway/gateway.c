@@ -1,0 +1,172 @@
+/* The gateway object: state directory and token, the HTTP server, the pool warm-up, idle
+ * culling, and an orderly shutdown that leaves no worker behind. */
+#include "gw.h"
+#include "log.h"
+#include "util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#define SHUTDOWN_DEADLINE_MS 15000
+
+static int load_token(gw_t *gw) {
+    const char *env = getenv("AUTH_TOKEN");
+    if (env && *env) {
+        if (strlen(env) >= sizeof gw->token)
+            return -ENAMETOOLONG;
+        snprintf(gw->token, sizeof gw->token, "%s", env);
+        return 0;
+    }
+    char path[PATH_MAX];
+    int r = xsnprintf(path, sizeof path, "%s/token", gw->cfg.state_dir);
+    if (r < 0)
+        return r;
+    _cleanup_free_ char *text = NULL;
+    r = read_file_bounded(path, sizeof gw->token - 1, &text, NULL);
+    if (r == 0) {
+        text[strcspn(text, "\r\n")] = '\0';
+        if (strlen(text) >= 16) {
+            snprintf(gw->token, sizeof gw->token, "%s", text);
+            return 0;
+        }
+    } else if (r != -ENOENT) {
+        return r;
+    }
+    random_hex(gw->token, 32);
+    char line[sizeof gw->token + 2];
+    snprintf(line, sizeof line, "%s\n", gw->token);
+    return write_file_atomic(path, line, strlen(line), 0600);
+}
+
+int gw_new(const gw_config_t *cfg, launcher_t *launcher, gw_t **ret) {
+    gw_t *gw = calloc(1, sizeof *gw);
+    if (!gw)
+        return -ENOMEM;
+    gw->cfg = *cfg;
+    gw->launcher = launcher;
+    TAILQ_INIT(&gw->workers);
+    TAILQ_INIT(&gw->idle);
+    TAILQ_INIT(&gw->sessions);
+    TAILQ_INIT(&gw->waiting);
+    gw->by_user = zhashx_new();
+    gw->by_kernel = zhashx_new();
+    gw->expired = zhashx_new();
+    gw->expired_order = zlistx_new();
+    int r = -ENOMEM;
+    if (!gw->by_user || !gw->by_kernel || !gw->expired || !gw->expired_order)
+        goto fail;
+    zlistx_set_destructor(gw->expired_order, (zlistx_destructor_fn *)zstr_free);
+    if ((r = mkdir_p(cfg->state_dir, 0700)) < 0 || chmod(cfg->state_dir, 0700) < 0) {
+        r = r < 0 ? r : -errno;
+        goto fail;
+    }
+    if ((r = xsnprintf(gw->run_root, sizeof gw->run_root, "%s/run", cfg->state_dir)) < 0)
+        goto fail;
+    /* Leftovers of a previous run: their kernels died with it (PDEATHSIG / container kill). */
+    rm_rf(gw->run_root);
+    if ((r = mkdir_p(gw->run_root, 0700)) < 0)
+        goto fail;
+    if ((r = load_token(gw)) < 0)
+        goto fail;
+    gw->loop = loop_new(4);
+    if (!gw->loop) {
+        r = -errno ? -errno : -ENOMEM;
+        goto fail;
+    }
+    http_server_config_t hc = {
+        .max_body_bytes = cfg->max_body_bytes,
+        .max_outbuf_bytes = 4 * cfg->max_output_bytes + (1u << 20),
+    };
+    http_handlers_t hh = {.on_request = gw_api_on_request, .on_close = gw_api_on_close};
+    gw->http = http_server_new(gw->loop, &hc, &hh, gw);
+    if (!gw->http) {
+        r = -errno ? -errno : -ENOMEM;
+        goto fail;
+    }
+    gw->started_mono_ms = now_mono_ms();
+    *ret = gw;
+    return 0;
+fail:
+    gw_destroy(&gw);
+    return r;
+}
+
+static void on_idle_check(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_t *gw = arg;
+    uint64_t now = now_mono_ms();
+    uint64_t limit = gw->cfg.idle_timeout_s * 1000;
+    gw_session_t *s, *next;
+    for (s = TAILQ_FIRST(&gw->sessions); s; s = next) {
+        next = TAILQ_NEXT(s, link);
+        if (s->running || s->nqueued || s->waiting || s->nclients || !TAILQ_EMPTY(&s->pending))
+            continue;
+        if (now - s->last_activity_mono_ms >= limit) {
+            log_info("session", "releasing idle session", "{s:s}", "kernel_id", s->kernel_id);
+            gw_session_expire(s);
+        }
+    }
+}
+
+int gw_start(gw_t *gw) {
+    int r = http_server_listen(gw->http, gw->cfg.host, gw->cfg.port);
+    if (r < 0)
+        return r;
+    gw->initializing = gw->cfg.min_idle_workers > 0;
+    gw_pool_top_up(gw);
+    uint64_t period = gw->cfg.idle_timeout_s * 1000 / 4;
+    if (period > 30000)
+        period = 30000;
+    if (period < 250)
+        period = 250;
+    gw->idle_timer = loop_timer_add(gw->loop, period, period, on_idle_check, gw);
+    log_info("gateway", "listening", "{s:s,s:i,s:s,s:s}", "host", gw->cfg.host, "port",
+             (int)http_server_port(gw->http), "launcher", gw->launcher->name, "kernel",
+             gw->cfg.kernel);
+    return 0;
+}
+
+static void on_deadline(loop_t *loop, loop_watch_t *t, void *arg) {
+    log_error("gateway", "shutdown deadline reached; stopping with work pending", NULL);
+    loop_stop(loop);
+}
+
+void gw_maybe_finish_shutdown(gw_t *gw) {
+    if (gw->shutting_down && TAILQ_EMPTY(&gw->workers))
+        loop_stop(gw->loop);
+}
+
+void gw_shutdown(gw_t *gw) {
+    if (gw->shutting_down)
+        return;
+    gw->shutting_down = true;
+    log_info("gateway", "shutting down", NULL);
+    loop_watch_del(gw->loop, &gw->idle_timer);
+    loop_watch_del(gw->loop, &gw->backoff_timer);
+    gw_session_t *s;
+    while ((s = TAILQ_FIRST(&gw->sessions)))
+        gw_session_release(s, 503, "shutting down", "the gateway is stopping");
+    gw_worker_t *w, *next;
+    for (w = TAILQ_FIRST(&gw->workers); w; w = next) {
+        next = TAILQ_NEXT(w, link);
+        gw_worker_destroy(w, "shutdown");
+    }
+    loop_timer_add(gw->loop, SHUTDOWN_DEADLINE_MS, 0, on_deadline, gw);
+    gw_maybe_finish_shutdown(gw);
+}
+
+void gw_destroy(gw_t **gw_p) {
+    gw_t *gw = gw_p ? *gw_p : NULL;
+    if (!gw)
+        return;
+    *gw_p = NULL;
+    http_server_destroy(&gw->http);
+    /* Runs pending cleanups (their done callbacks free the workers). */
+    loop_destroy(&gw->loop);
+    zhashx_destroy(&gw->by_user);
+    zhashx_destroy(&gw->by_kernel);
+    zhashx_destroy(&gw->expired);
+    zlistx_destroy(&gw->expired_order);
+    if (gw->run_root[0])
+        rm_rf(gw->run_root);
+    free(gw);
+}

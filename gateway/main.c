@@ -1,0 +1,63 @@
+/* kbox-gateway: parse the configuration, build the gateway, run its loop until SIGTERM or
+ * SIGINT, then shut down in order. Everything else lives in the library. */
+#include "gw.h"
+#include "log.h"
+#include "util.h"
+
+#include <signal.h>
+#include <sodium.h>
+
+static void on_signal(loop_t *loop, int signo, void *arg) {
+    gw_t *gw = arg;
+    log_info("gateway", "signal received", "{s:i}", "signal", signo);
+    gw_shutdown(gw);
+}
+
+int main(int argc, char **argv) {
+    gw_config_t cfg;
+    char err[512];
+    int r = gw_config_load(&cfg, argc, argv, NULL, err, sizeof err);
+    if (r == 1) {
+        fputs(gw_config_usage(), stdout);
+        return 0;
+    }
+    if (r < 0) {
+        fprintf(stderr, "kbox-gateway: %s\n", err);
+        return 2;
+    }
+    if (sodium_init() < 0) {
+        fprintf(stderr, "kbox-gateway: libsodium failed to initialise\n");
+        return 1;
+    }
+    zsys_handler_set(NULL); /* our loop owns SIGINT/SIGTERM */
+    signal(SIGPIPE, SIG_IGN);
+
+    launcher_t *launcher = gw_launcher_from_config(&cfg);
+    if (!launcher) {
+        log_error("gateway", "cannot create the launcher", "{s:s}", "launcher", cfg.launcher);
+        return 1;
+    }
+    gw_t *gw = NULL;
+    r = gw_new(&cfg, launcher, &gw);
+    if (r < 0) {
+        log_error("gateway", "cannot initialise", "{s:s,s:s}", "error", strerror(-r), "state_dir",
+                  cfg.state_dir);
+        launcher_destroy(&launcher);
+        return 1;
+    }
+    loop_watch_t *sig_term = loop_signal_add(gw->loop, SIGTERM, on_signal, gw);
+    loop_watch_t *sig_int = loop_signal_add(gw->loop, SIGINT, on_signal, gw);
+    r = gw_start(gw);
+    if (r < 0) {
+        log_error("gateway", "cannot listen", "{s:s,s:s,s:i}", "error", strerror(-r), "host",
+                  cfg.host, "port", (int)cfg.port);
+        gw_shutdown(gw);
+    }
+    loop_run(gw->loop);
+    loop_watch_del(gw->loop, &sig_term);
+    loop_watch_del(gw->loop, &sig_int);
+    gw_destroy(&gw);
+    launcher_destroy(&launcher);
+    log_info("gateway", "stopped", NULL);
+    return r < 0 ? 1 : 0;
+}

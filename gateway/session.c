@@ -1,0 +1,467 @@
+/* Sessions and their executions. A session runs its executions one at a time in arrival order
+ * (a bounded queue), on whatever worker currently backs it. The end of an execution is the
+ * execute_reply on shell AND the idle status on iopub, both parented to the request.
+ *
+ * Timeouts interrupt first and replace the worker only if the kernel does not go idle within
+ * the grace period, so a `time.sleep` keeps the session and a loop that swallows
+ * KeyboardInterrupt does not spin on. Exactly one answer goes to each HTTP client. */
+#include "gw.h"
+#include "log.h"
+#include "util.h"
+
+#include <time.h>
+
+#define EXPIRED_MAX 10000
+
+gw_session_t *gw_session_find_user(gw_t *gw, const char *user_uuid) {
+    return user_uuid ? zhashx_lookup(gw->by_user, user_uuid) : NULL;
+}
+
+gw_session_t *gw_session_find_kernel(gw_t *gw, const char *kernel_id) {
+    return kernel_id ? zhashx_lookup(gw->by_kernel, kernel_id) : NULL;
+}
+
+int gw_session_new(gw_t *gw, const char *user_uuid, const char *kernel_name, gw_session_t **ret) {
+    gw_session_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->gw = gw;
+    TAILQ_INIT(&s->queue);
+    TAILQ_INIT(&s->pending);
+    TAILQ_INIT(&s->clients);
+    snprintf(s->execution_state, sizeof s->execution_state, "starting");
+    s->routes = zhashx_new();
+    if (!s->routes) {
+        free(s);
+        return -ENOMEM;
+    }
+    uuid4(s->kernel_id);
+    snprintf(s->kernel_name, sizeof s->kernel_name, "%s", kernel_name ? kernel_name : "python3");
+    s->last_activity_us = now_wall_us();
+    s->last_activity_mono_ms = now_mono_ms();
+    if (user_uuid) {
+        s->user_uuid = strdup(user_uuid);
+        if (!s->user_uuid) {
+            zhashx_destroy(&s->routes);
+            free(s);
+            return -ENOMEM;
+        }
+        /* A session released for idleness comes back reset: tell the caller. */
+        if (zhashx_lookup(gw->expired, user_uuid)) {
+            s->reset_pending = true;
+            zhashx_delete(gw->expired, user_uuid);
+        }
+        zhashx_insert(gw->by_user, user_uuid, s);
+    }
+    zhashx_insert(gw->by_kernel, s->kernel_id, s);
+    TAILQ_INSERT_TAIL(&gw->sessions, s, link);
+    log_info("session", "session created", "{s:s,s:b}", "kernel_id", s->kernel_id, "user",
+             user_uuid != NULL);
+    *ret = s;
+    return 0;
+}
+
+void gw_exec_free(gw_exec_t **exec_p) {
+    gw_exec_t *e = exec_p ? *exec_p : NULL;
+    if (!e)
+        return;
+    *exec_p = NULL;
+    if (e->session) {
+        loop_watch_del(e->session->gw->loop, &e->timeout_timer);
+        loop_watch_del(e->session->gw->loop, &e->grace_timer);
+    }
+    exec_out_destroy(&e->out);
+    free(e->code);
+    free(e);
+}
+
+static void record_outcome(gw_t *gw, gw_exec_t *e, enum gw_outcome o) {
+    gw->metrics.executions[o]++;
+    if (e->started_us)
+        gw_hist_observe(&gw->metrics.exec_seconds, (double)(now_mono_us() - e->started_us) / 1e6);
+}
+
+/* Answer and free the running execution. */
+static void finish_running(gw_session_t *s, int status, const char *error, const char *detail,
+                           enum gw_outcome outcome) {
+    gw_exec_t *e = s->running;
+    if (!e)
+        return;
+    s->running = NULL;
+    record_outcome(s->gw, e, outcome);
+    gw_api_exec_done(e, status, error, detail);
+    gw_exec_free(&e);
+    s->last_activity_us = now_wall_us();
+    s->last_activity_mono_ms = now_mono_ms();
+}
+
+static void fail_queued(gw_session_t *s, int status, const char *error, const char *detail) {
+    gw_exec_t *e;
+    while ((e = TAILQ_FIRST(&s->queue))) {
+        TAILQ_REMOVE(&s->queue, e, link);
+        s->nqueued--;
+        record_outcome(s->gw, e, OUTCOME_REJECTED);
+        gw_api_exec_done(e, status, error, detail);
+        gw_exec_free(&e);
+    }
+}
+
+static void on_grace(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_session_t *s = arg;
+    gw_exec_t *e = s->running;
+    if (!e)
+        return;
+    loop_watch_del(loop, &e->grace_timer);
+    /* The kernel ignored the interrupt: it is replaced, and the user is told so. */
+    gw_worker_t *w = s->worker;
+    s->worker = NULL;
+    if (w)
+        w->session = NULL;
+    e->session_reset = true;
+    s->reset_pending = true;
+    exec_out_set_error(e->out, "TimeoutError", "execution timed out and did not stop");
+    log_warn("session", "kernel ignored interrupt; replacing worker", "{s:s}", "kernel_id",
+             s->kernel_id);
+    finish_running(s, 504, "execution timed out",
+                   "the kernel did not stop when interrupted; the session was reset",
+                   OUTCOME_RESET);
+    gw_worker_destroy(w, "timeout");
+    gw_exec_t *next = TAILQ_FIRST(&s->queue);
+    if (next)
+        gw_pool_request(s->gw, s);
+}
+
+static void on_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_session_t *s = arg;
+    gw_exec_t *e = s->running;
+    if (!e)
+        return;
+    loop_watch_del(loop, &e->timeout_timer);
+    e->timed_out = true;
+    gw_worker_interrupt(s->worker);
+    e->grace_timer = loop_timer_add(loop, s->gw->cfg.interrupt_grace_ms, 0, on_grace, s);
+}
+
+static void pump(gw_session_t *s) {
+    gw_t *gw = s->gw;
+    if (s->running || TAILQ_EMPTY(&s->queue) || s->released)
+        return;
+    if (!s->worker) {
+        gw_pool_request(gw, s);
+        return;
+    }
+    gw_exec_t *e = TAILQ_FIRST(&s->queue);
+    TAILQ_REMOVE(&s->queue, e, link);
+    s->nqueued--;
+    s->running = e;
+    e->started = true;
+    e->started_us = now_mono_us();
+    if (s->reset_pending) {
+        e->session_reset = true;
+        s->reset_pending = false;
+    }
+    json_t *content = json_pack("{s:s,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent", 0,
+                                "store_history", 1, "user_expressions", "allow_stdin", 0,
+                                "stop_on_error", 1);
+    jwire_msg_t *m = content ? gw_worker_msg(s->worker, "execute_request", content) : NULL;
+    int r = m ? gw_worker_send(s->worker, JWIRE_SHELL, m) : -ENOMEM;
+    if (m)
+        snprintf(e->msg_id, sizeof e->msg_id, "%s", jwire_msg_id(m));
+    jwire_msg_destroy(&m);
+    if (r < 0) {
+        finish_running(s, 503, "kernel unavailable", strerror(-r), OUTCOME_DIED);
+        return;
+    }
+    e->timeout_timer = loop_timer_add(gw->loop, e->timeout_ms, 0, on_timeout, s);
+}
+
+int gw_session_submit(gw_session_t *s, gw_exec_t *e) {
+    if (s->nqueued >= s->gw->cfg.max_queue)
+        return -EAGAIN;
+    e->session = s;
+    e->queued_us = now_mono_us();
+    e->out = exec_out_new(s->gw->cfg.max_output_bytes);
+    if (!e->out)
+        return -ENOMEM;
+    TAILQ_INSERT_TAIL(&s->queue, e, link);
+    s->nqueued++;
+    s->last_activity_us = now_wall_us();
+    s->last_activity_mono_ms = now_mono_ms();
+    pump(s);
+    return 0;
+}
+
+void gw_exec_client_gone(gw_exec_t *e) {
+    gw_session_t *s = e->session;
+    e->conn = NULL;
+    if (!s)
+        return;
+    if (s->running == e) {
+        /* Nobody will read the rest: stop the work rather than let it run to the timeout. */
+        gw_worker_interrupt(s->worker);
+        return;
+    }
+    TAILQ_REMOVE(&s->queue, e, link);
+    s->nqueued--;
+    record_outcome(s->gw, e, OUTCOME_CANCELLED);
+    gw_exec_free(&e);
+}
+
+static void maybe_finish(gw_session_t *s) {
+    gw_exec_t *e = s->running;
+    if (!e || !e->got_reply || !e->got_idle)
+        return;
+    enum gw_outcome o = OUTCOME_OK;
+    if (e->timed_out) {
+        if (!exec_out_has_error(e->out))
+            exec_out_set_error(e->out, "TimeoutError", "execution timed out");
+        o = OUTCOME_TIMEOUT;
+    } else if (exec_out_has_error(e->out)) {
+        o = OUTCOME_ERROR;
+    }
+    finish_running(s, 200, NULL, NULL, o);
+    pump(s);
+}
+
+void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg) {
+    if (ch == JWIRE_IOPUB && streq(jwire_msg_type(msg), "status")) {
+        const char *st = json_string_value(json_object_get(msg->content, "execution_state"));
+        if (st && strlen(st) < sizeof s->execution_state)
+            snprintf(s->execution_state, sizeof s->execution_state, "%s", st);
+        s->last_activity_us = now_wall_us();
+    }
+    /* Every iopub message goes to the session's WebSocket clients, /execute's own included:
+     * a person can watch an agent's session live. */
+    if (s->nclients)
+        gw_channels_dispatch(s, ch, msg);
+    gw_exec_t *e = s->running;
+    if (e && streq(jwire_msg_parent_id(msg), e->msg_id)) {
+        const char *type = jwire_msg_type(msg);
+        if (ch == JWIRE_IOPUB) {
+            if (streq(type, "status")) {
+                const char *st =
+                    json_string_value(json_object_get(msg->content, "execution_state"));
+                if (streq(st, "idle"))
+                    e->got_idle = true;
+            } else {
+                json_t *ev = exec_out_feed(e->out, type, msg->content);
+                if (ev && e->stream && e->conn)
+                    gw_api_exec_event(e, ev);
+                json_decref(ev);
+            }
+        } else if (ch == JWIRE_SHELL && streq(type, "execute_reply")) {
+            exec_out_set_reply(e->out, msg->content);
+            e->got_reply = true;
+        }
+        jwire_msg_destroy(&msg);
+        maybe_finish(s);
+        return;
+    }
+    jwire_msg_destroy(&msg);
+}
+
+void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
+    if (s->released) {
+        gw_worker_destroy(w, "session released");
+        return;
+    }
+    w->session = s;
+    s->worker = w;
+    s->had_worker = true;
+    snprintf(s->execution_state, sizeof s->execution_state, "idle");
+    gw_channels_flush(s);
+    gw_pending_t *p;
+    while ((p = TAILQ_FIRST(&s->pending))) {
+        TAILQ_REMOVE(&s->pending, p, link);
+        http_conn_t *conn = p->conn;
+        int status = p->status;
+        free(p);
+        if (!conn)
+            continue;
+        http_conn_set_user(conn, NULL);
+        json_t *model = gw_session_model(s);
+        char *body = json_dumps(model, JSON_COMPACT);
+        json_decref(model);
+        char loc[128];
+        snprintf(loc, sizeof loc, "Location: /api/kernels/%s\r\n", s->kernel_id);
+        if (body)
+            http_conn_respond(conn, status, "application/json", status == 201 ? loc : NULL, body,
+                              strlen(body));
+        else
+            http_conn_respond_error(conn, 500, "internal error", "cannot encode the model");
+        free(body);
+    }
+    log_debug("session", "worker assigned", "{s:s,s:s}", "kernel_id", s->kernel_id, "worker",
+              w->id);
+    pump(s);
+}
+
+static void session_free(gw_session_t *s) {
+    gw_t *gw = s->gw;
+    if (s->user_uuid)
+        zhashx_delete(gw->by_user, s->user_uuid);
+    zhashx_delete(gw->by_kernel, s->kernel_id);
+    TAILQ_REMOVE(&gw->sessions, s, link);
+    zhashx_destroy(&s->routes);
+    free(s->user_uuid);
+    free(s);
+}
+
+static void respond_error_retry(http_conn_t *conn, int status, const char *error,
+                                const char *detail) {
+    json_t *j = json_pack("{s:s,s:s}", "error", error, "detail", detail ? detail : "");
+    char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!body) {
+        http_conn_respond_error(conn, 500, "internal error", "out of memory");
+        return;
+    }
+    http_conn_respond(conn, status, "application/json", status == 503 ? "Retry-After: 1\r\n" : NULL,
+                      body, strlen(body));
+    free(body);
+}
+
+static void fail_pending(gw_session_t *s, int status, const char *error, const char *detail) {
+    gw_pending_t *p;
+    while ((p = TAILQ_FIRST(&s->pending))) {
+        TAILQ_REMOVE(&s->pending, p, link);
+        if (p->conn) {
+            http_conn_set_user(p->conn, NULL);
+            respond_error_retry(p->conn, status, error, detail);
+        }
+        free(p);
+    }
+}
+
+void gw_pending_client_gone(gw_pending_t *p) {
+    p->conn = NULL; /* the entry is freed when the worker arrives or the session goes */
+}
+
+int gw_session_add_pending(gw_session_t *s, http_conn_t *conn, int status) {
+    gw_pending_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->kind = GW_CONN_PENDING;
+    p->session = s;
+    p->conn = conn;
+    p->status = status;
+    TAILQ_INSERT_TAIL(&s->pending, p, link);
+    http_conn_set_user(conn, p);
+    return 0;
+}
+
+void gw_session_on_worker_lost(gw_session_t *s, gw_worker_t *w, const char *why) {
+    s->worker = NULL;
+    if (!w) {
+        /* No worker could be had in time. */
+        fail_pending(s, 503, "no worker available", "all workers are busy; retry later");
+        snprintf(s->execution_state, sizeof s->execution_state, "dead");
+        if (s->nclients)
+            gw_channels_status(s, "dead");
+        fail_queued(s, 503, "no worker available", "all workers are busy; retry later");
+        if (!s->had_worker && !s->running)
+            gw_session_release(s, 503, "no worker available", NULL);
+        return;
+    }
+    s->reset_pending = true;
+    if (s->running) {
+        s->running->session_reset = true;
+        s->reset_pending = true;
+        exec_out_set_error(s->running->out, "KernelDied", why);
+        finish_running(s, 503, "kernel died",
+                       "the kernel exited during the execution; the session was reset",
+                       OUTCOME_DIED);
+    }
+    if (s->nclients) {
+        /* Jupyter clients expect the kernel to come back by itself, as with auto-restart. */
+        snprintf(s->execution_state, sizeof s->execution_state, "restarting");
+        gw_channels_status(s, "restarting");
+        gw_pool_request(s->gw, s);
+    }
+    pump(s);
+}
+
+int gw_session_restart(gw_session_t *s, http_conn_t *conn) {
+    gw_t *gw = s->gw;
+    int r = gw_session_add_pending(s, conn, 200);
+    if (r < 0)
+        return r;
+    if (s->running) {
+        s->running->session_reset = true;
+        finish_running(s, 503, "kernel restarted",
+                       "the kernel was restarted during the execution; the session was reset",
+                       OUTCOME_RESET);
+    }
+    gw_worker_t *w = s->worker;
+    s->worker = NULL;
+    if (w) {
+        w->session = NULL;
+        gw_worker_destroy(w, "restart");
+    }
+    s->reset_pending = true;
+    snprintf(s->execution_state, sizeof s->execution_state, "restarting");
+    if (s->nclients)
+        gw_channels_status(s, "restarting");
+    gw_pool_request(gw, s);
+    return 0;
+}
+
+static void format_iso(uint64_t wall_us, char ret[64]) {
+    time_t sec = (time_t)(wall_us / 1000000u);
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    /* Exactly %Y-%m-%dT%H:%M:%S.%fZ: Jupyter Server's gateway client parses it that way. */
+    snprintf(ret, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%06uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(wall_us % 1000000u));
+}
+
+json_t *gw_session_model(const gw_session_t *s) {
+    char ts[64];
+    format_iso(s->last_activity_us, ts);
+    return json_pack("{s:s,s:s,s:s,s:s,s:i}", "id", s->kernel_id, "name", s->kernel_name,
+                     "last_activity", ts, "execution_state", s->execution_state, "connections",
+                     (int)s->nclients);
+}
+
+void gw_session_release(gw_session_t *s, int status, const char *error, const char *detail) {
+    if (!s || s->released)
+        return;
+    gw_t *gw = s->gw;
+    s->released = true;
+    gw_pool_cancel_wait(gw, s);
+    if (s->running) {
+        s->running->session_reset = true;
+        finish_running(s, status, error, detail ? detail : "the session was released",
+                       OUTCOME_CANCELLED);
+    }
+    fail_queued(s, status, error, detail ? detail : "the session was released");
+    fail_pending(s, status, error, "the kernel was shut down");
+    gw_channels_close_all(s);
+    gw_worker_t *w = s->worker;
+    s->worker = NULL;
+    if (w) {
+        w->session = NULL;
+        gw_worker_destroy(w, "released");
+    }
+    log_info("session", "session released", "{s:s}", "kernel_id", s->kernel_id);
+    session_free(s);
+}
+
+/* Remember a user whose session expired, so their next call reports session_reset. */
+void gw_session_expire(gw_session_t *s) {
+    gw_t *gw = s->gw;
+    if (s->user_uuid) {
+        if (zhashx_size(gw->expired) >= EXPIRED_MAX) {
+            char *oldest = zlistx_first(gw->expired_order);
+            if (oldest) {
+                zhashx_delete(gw->expired, oldest);
+                zlistx_delete(gw->expired_order, zlistx_cursor(gw->expired_order));
+            }
+        }
+        if (!zhashx_lookup(gw->expired, s->user_uuid)) {
+            zhashx_insert(gw->expired, s->user_uuid, (void *)1);
+            zlistx_add_end(gw->expired_order, strdup(s->user_uuid));
+        }
+    }
+    gw_session_release(s, 503, "session expired", "the session was idle too long");
+}

@@ -1,0 +1,431 @@
+/* Worker lifecycle: prepare a run directory and connection file, start the kernel through the
+ * launcher (off the loop), connect the five channels, wait until the kernel answers
+ * kernel_info on shell and its iopub flows, then watch it by pidfd and heartbeat.
+ *
+ * Hostile-kernel rules applied here: the socket files are checked to be sockets (not symlinks)
+ * before connecting, and reconnection is disabled so a socket swapped later is never followed;
+ * every incoming message is size-bounded (ZMQ_MAXMSGSIZE plus jwire limits), signed and
+ * replay-checked; a kernel that misses heartbeats or exits is replaced. */
+#include "gw.h"
+#include "log.h"
+#include "util.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#define HB_INTERVAL_MS   5000
+#define HB_MAX_MISSES    3
+#define NUDGE_MS         200
+#define KERNEL_MAX_MSG   (64u << 20)
+#define KERNEL_MAX_FRAMS 256
+
+static const jwire_limits_t kernel_limits = {.max_bytes = KERNEL_MAX_MSG,
+                                             .max_frames = KERNEL_MAX_FRAMS};
+
+static void worker_free(gw_worker_t *w) {
+    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
+        loop_watch_del(w->gw->loop, &w->watch[c]);
+        zsock_destroy(&w->sock[c]);
+    }
+    loop_watch_del(w->gw->loop, &w->pid_watch);
+    loop_watch_del(w->gw->loop, &w->start_timer);
+    loop_watch_del(w->gw->loop, &w->nudge_timer);
+    loop_watch_del(w->gw->loop, &w->hb_timer);
+    if (w->proc.pidfd >= 0)
+        close(w->proc.pidfd);
+    jwire_signer_destroy(&w->signer);
+    jwire_replay_destroy(&w->replay);
+    json_decref(w->kernel_info);
+    free(w);
+}
+
+/* ---- start ------------------------------------------------------------------------------ */
+
+static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
+    uint64_t deadline = now_mono_ms() + timeout_ms;
+    for (;;) {
+        int missing = 0;
+        for (int c = 0; c < JWIRE_NCHANNELS; c++) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s-%d", w->conn.ip, w->conn.ports[c]);
+            struct stat st;
+            if (lstat(path, &st) < 0) {
+                missing++;
+                continue;
+            }
+            if (!S_ISSOCK(st.st_mode))
+                return -EPERM; /* a symlink or file where the kernel's socket should be */
+        }
+        if (missing == 0)
+            return 0;
+        if (now_mono_ms() > deadline)
+            return -ETIMEDOUT;
+        /* The kernel binds its sockets within a second of starting; 2 ms polls cost nothing
+         * measurable and keep the ready latency tight. The process may also have died. */
+        if (w->proc.pidfd >= 0) {
+            struct pollfd p = {.fd = w->proc.pidfd, .events = POLLIN};
+            if (poll(&p, 1, 2) > 0)
+                return -ECHILD;
+        } else {
+            usleep(2000);
+        }
+    }
+}
+
+static void launch_work(void *arg) {
+    gw_worker_t *w = arg;
+    gw_t *gw = w->gw;
+    w->start_err = gw->launcher->start(gw->launcher, &w->spec, &w->proc);
+    if (w->start_err < 0)
+        return;
+    w->launched = true;
+    w->start_err = wait_for_sockets(w, gw->cfg.worker_start_timeout_ms);
+}
+
+static void send_kernel_info(gw_worker_t *w) {
+    jwire_msg_t *m = gw_worker_msg(w, "kernel_info_request", NULL);
+    if (!m)
+        return;
+    snprintf(w->info_msg_id, sizeof w->info_msg_id, "%s", jwire_msg_id(m));
+    gw_worker_send(w, JWIRE_SHELL, m);
+    jwire_msg_destroy(&m);
+}
+
+static void on_nudge(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_worker_t *w = arg;
+    /* Until iopub flows, our SUB may have joined after the kernel's status went out: ask again,
+     * as Jupyter Server does for a fresh connection. */
+    send_kernel_info(w);
+}
+
+static void worker_died(gw_worker_t *w, const char *why) {
+    gw_t *gw = w->gw;
+    log_warn("worker", "worker lost", "{s:s,s:s,s:s*}", "worker", w->id, "reason", why, "kernel_id",
+             w->session ? w->session->kernel_id : NULL);
+    if (w->state == WORKER_STARTING) {
+        gw->metrics.workers_failed++;
+        gw_pool_on_worker_failed(gw, w);
+        gw_worker_destroy(w, why);
+        return;
+    }
+    gw->metrics.workers_died++;
+    gw_session_t *s = w->session;
+    if (s) {
+        w->session = NULL;
+        s->worker = NULL;
+        gw_session_on_worker_lost(s, w, why);
+    }
+    gw_worker_destroy(w, why);
+}
+
+static void check_ready(gw_worker_t *w) {
+    if (w->state != WORKER_STARTING || !w->got_info_reply || !w->got_iopub)
+        return;
+    gw_t *gw = w->gw;
+    w->state = WORKER_READY;
+    w->ready_us = now_mono_us();
+    loop_watch_del(gw->loop, &w->nudge_timer);
+    loop_watch_del(gw->loop, &w->start_timer);
+    double secs = (double)(w->ready_us - w->created_us) / 1e6;
+    gw_hist_observe(&gw->metrics.worker_start_seconds, secs);
+    gw->metrics.workers_started++;
+    log_info("worker", "worker ready", "{s:s,s:i}", "worker", w->id, "start_ms",
+             (int)((w->ready_us - w->created_us) / 1000));
+    gw_pool_on_worker_ready(gw, w);
+}
+
+static void on_hb_timer(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_worker_t *w = arg;
+    if (w->state != WORKER_READY)
+        return;
+    if (w->hb_outstanding && ++w->hb_misses >= HB_MAX_MISSES) {
+        worker_died(w, "heartbeat lost");
+        return;
+    }
+    if (w->hb_outstanding)
+        return; /* a DEALER could queue another ping, but one in flight is enough */
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, NULL, 0); /* empty delimiter: works against REP and ROUTER-echo kernels */
+    zmsg_addstr(m, "ping");
+    if (zmsg_send(&m, w->sock[JWIRE_HB]) == 0)
+        w->hb_outstanding = true;
+    zmsg_destroy(&m);
+    loop_zmq_kick(loop, w->watch[JWIRE_HB]);
+}
+
+static void on_hb(gw_worker_t *w, zsock_t *sock) {
+    zmsg_t *m = zmsg_recv_nowait(sock);
+    if (!m)
+        return;
+    zmsg_destroy(&m);
+    w->hb_outstanding = false;
+    w->hb_misses = 0;
+}
+
+static void handle_msg(gw_worker_t *w, jwire_channel_t ch, jwire_msg_t *msg) {
+    if (w->state == WORKER_STARTING) {
+        if (ch == JWIRE_SHELL && streq(jwire_msg_parent_id(msg), w->info_msg_id) &&
+            streq(jwire_msg_type(msg), "kernel_info_reply")) {
+            if (!w->kernel_info)
+                w->kernel_info = json_incref(msg->content);
+            w->got_info_reply = true;
+        } else if (ch == JWIRE_IOPUB && streq(jwire_msg_parent_type(msg), "kernel_info_request")) {
+            w->got_iopub = true;
+        }
+        jwire_msg_destroy(&msg);
+        check_ready(w);
+        return;
+    }
+    if (w->state == WORKER_READY && w->session) {
+        gw_session_on_message(w->session, ch, msg);
+        return;
+    }
+    jwire_msg_destroy(&msg);
+}
+
+static void on_sock(loop_t *loop, loop_watch_t *watch, void *sock, void *arg) {
+    gw_worker_t *w = arg;
+    jwire_channel_t ch = JWIRE_SHELL;
+    for (int c = 0; c < JWIRE_NCHANNELS; c++)
+        if (w->sock[c] == sock)
+            ch = (jwire_channel_t)c;
+    if (ch == JWIRE_HB) {
+        on_hb(w, sock);
+        return;
+    }
+    jwire_msg_t *msg = NULL;
+    int r = jwire_msg_recv(sock, w->signer, w->replay, &kernel_limits, &msg);
+    if (r == -EAGAIN)
+        return;
+    if (r < 0) {
+        log_warn("worker", "rejected kernel message", "{s:s,s:s,s:s}", "worker", w->id, "channel",
+                 jwire_channel_name(ch), "error", strerror(-r));
+        return;
+    }
+    handle_msg(w, ch, msg);
+}
+
+static void on_pidfd(loop_t *loop, loop_watch_t *watch, int fd, unsigned events, void *arg) {
+    gw_worker_t *w = arg;
+    /* Not reaped here: the launcher's cleanup reaps after it has killed what is left. */
+    loop_watch_del(loop, &w->pid_watch);
+    worker_died(w, "kernel exited");
+}
+
+static void on_start_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_worker_t *w = arg;
+    loop_watch_del(loop, &w->start_timer);
+    worker_died(w, "start timed out");
+}
+
+static int connect_channels(gw_worker_t *w) {
+    static const int types[JWIRE_NCHANNELS] = {ZMQ_DEALER, ZMQ_SUB, ZMQ_DEALER, ZMQ_DEALER,
+                                               ZMQ_DEALER};
+    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
+        char ep[PATH_MAX + 16];
+        int r = jwire_conn_endpoint(&w->conn, (jwire_channel_t)c, ep, sizeof ep);
+        if (r < 0)
+            return r;
+        zsock_t *s = zsock_new(types[c]);
+        if (!s)
+            return -ENOMEM;
+        w->sock[c] = s;
+        zsock_set_linger(s, 0);
+        zsock_set_maxmsgsize(s, (int64_t)KERNEL_MAX_MSG);
+        zsock_set_reconnect_ivl(s, -1);
+        zsock_set_rcvhwm(s, 100000);
+        zsock_set_sndhwm(s, 100000);
+        if (c == JWIRE_SHELL || c == JWIRE_STDIN)
+            zsock_set_identity(s, w->zsession); /* stdin requests are routed to our shell id */
+        if (c == JWIRE_IOPUB)
+            zsock_set_subscribe(s, "");
+        if (zsock_connect(s, "%s", ep) < 0)
+            return -ECONNREFUSED;
+        w->watch[c] = loop_zmq_add(w->gw->loop, s, on_sock, w);
+        if (!w->watch[c])
+            return -errno ? -errno : -ENOMEM;
+    }
+    return 0;
+}
+
+static void launch_done(loop_t *loop, void *arg) {
+    gw_worker_t *w = arg;
+    w->launching = false;
+    if (w->proc.pidfd >= 0 && !w->pid_watch)
+        w->pid_watch = loop_io_add(loop, w->proc.pidfd, LOOP_READ, on_pidfd, w);
+    if (w->doomed) {
+        w->doomed = false;
+        w->state = WORKER_STARTING;
+        gw_worker_destroy(w, "destroyed while starting");
+        return;
+    }
+    int r = w->start_err;
+    if (r >= 0)
+        r = connect_channels(w);
+    if (r < 0) {
+        log_error("worker", "worker start failed", "{s:s,s:s}", "worker", w->id, "error",
+                  strerror(-r));
+        worker_died(w, "start failed");
+        return;
+    }
+    send_kernel_info(w);
+    w->nudge_timer = loop_timer_add(loop, NUDGE_MS, NUDGE_MS, on_nudge, w);
+    w->hb_timer = loop_timer_add(loop, HB_INTERVAL_MS, HB_INTERVAL_MS, on_hb_timer, w);
+}
+
+int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
+    gw_worker_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    w->gw = gw;
+    w->proc.pidfd = -1;
+    w->proc.pid = -1;
+    w->id[0] = 'w';
+    random_hex(w->id + 1, 8);
+    uuid4(w->zsession);
+    w->created_us = now_mono_us();
+    int r;
+    if ((r = xsnprintf(w->run_dir, sizeof w->run_dir, "%s/%s", gw->run_root, w->id)) < 0 ||
+        (r = xsnprintf(w->conn_file, sizeof w->conn_file, "%s/kernel.json", w->run_dir)) < 0)
+        goto fail;
+    if (mkdir(w->run_dir, 0700) < 0) {
+        r = -errno;
+        goto fail;
+    }
+
+    /* 64 random bytes as hex: a key longer than one HMAC block, as security.md asks. */
+    jwire_conn_t kconn = {0};
+    snprintf(kconn.transport, sizeof kconn.transport, "ipc");
+    snprintf(kconn.signature_scheme, sizeof kconn.signature_scheme, "hmac-sha256");
+    random_hex(kconn.key, 64);
+    snprintf(kconn.kernel_name, sizeof kconn.kernel_name, "python3");
+    for (int c = 0; c < JWIRE_NCHANNELS; c++)
+        kconn.ports[c] = c + 1;
+    w->conn = kconn;
+    if ((r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
+        goto fail;
+    const char *kdir = gw->launcher->kernel_run_dir ? gw->launcher->kernel_run_dir : w->run_dir;
+    if ((r = xsnprintf(kconn.ip, sizeof kconn.ip, "%s/k", kdir)) < 0)
+        goto fail;
+    if ((r = jwire_conn_write(w->conn_file, &kconn)) < 0)
+        goto fail;
+    w->signer = jwire_signer_new("hmac-sha256", w->conn.key, strlen(w->conn.key));
+    w->replay = jwire_replay_new(4096);
+    if (!w->signer || !w->replay) {
+        r = -ENOMEM;
+        goto fail;
+    }
+
+    w->spec = (launcher_spec_t){
+        .worker_id = w->id,
+        .run_dir = w->run_dir,
+        .conn_file = w->conn_file,
+        .kernel = gw->cfg.kernel,
+        .python = gw->cfg.python,
+        .cpu = gw->cfg.worker_cpu,
+        .ram_mb = gw->cfg.worker_ram_mb,
+        .pids_max = gw->cfg.worker_pids,
+        .uid = 0,
+    };
+    (void)for_session;
+
+    w->state = WORKER_STARTING;
+    TAILQ_INSERT_TAIL(&gw->workers, w, link);
+    gw->nworkers_live++;
+    w->start_timer =
+        loop_timer_add(gw->loop, gw->cfg.worker_start_timeout_ms, 0, on_start_timeout, w);
+    r = loop_work_submit(gw->loop, launch_work, launch_done, w);
+    if (r < 0) {
+        TAILQ_REMOVE(&gw->workers, w, link);
+        gw->nworkers_live--;
+        goto fail;
+    }
+    w->launching = true;
+    if (ret)
+        *ret = w;
+    return 0;
+fail:
+    rm_rf(w->run_dir);
+    worker_free(w);
+    return r;
+}
+
+/* ---- stop ------------------------------------------------------------------------------- */
+
+static void cleanup_work(void *arg) {
+    gw_worker_t *w = arg;
+    gw_t *gw = w->gw;
+    if (w->launched)
+        gw->launcher->cleanup(gw->launcher, &w->proc, &w->spec);
+    rm_rf(w->run_dir);
+}
+
+static void cleanup_done(loop_t *loop, void *arg) {
+    gw_worker_t *w = arg;
+    gw_t *gw = w->gw;
+    TAILQ_REMOVE(&gw->workers, w, link);
+    gw->nworkers_live--;
+    worker_free(w);
+    if (!gw->shutting_down)
+        gw_pool_top_up(gw);
+    gw_maybe_finish_shutdown(gw);
+}
+
+void gw_worker_destroy(gw_worker_t *w, const char *reason) {
+    if (!w || w->state == WORKER_STOPPING)
+        return;
+    gw_t *gw = w->gw;
+    if (w->in_idle) {
+        TAILQ_REMOVE(&gw->idle, w, idle_link);
+        w->in_idle = false;
+    }
+    if (w->session) {
+        w->session->worker = NULL;
+        w->session = NULL;
+    }
+    if (w->launching) {
+        /* The launcher is still running on the pool: finish when it reports back. */
+        w->doomed = true;
+        return;
+    }
+    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
+        loop_watch_del(gw->loop, &w->watch[c]);
+        zsock_destroy(&w->sock[c]);
+    }
+    loop_watch_del(gw->loop, &w->start_timer);
+    loop_watch_del(gw->loop, &w->nudge_timer);
+    loop_watch_del(gw->loop, &w->hb_timer);
+    loop_watch_del(gw->loop, &w->pid_watch);
+    if (w->launched)
+        gw->launcher->kill(gw->launcher, &w->proc);
+    w->state = WORKER_STOPPING;
+    log_debug("worker", "worker stopping", "{s:s,s:s}", "worker", w->id, "reason", reason);
+    if (loop_work_submit(gw->loop, cleanup_work, cleanup_done, w) < 0) {
+        cleanup_work(w);
+        cleanup_done(gw->loop, w);
+    }
+}
+
+/* ---- messaging -------------------------------------------------------------------------- */
+
+jwire_msg_t *gw_worker_msg(gw_worker_t *w, const char *msg_type, json_t *content) {
+    return jwire_msg_new(msg_type, w->zsession, "kbox", NULL, content);
+}
+
+int gw_worker_send(gw_worker_t *w, jwire_channel_t ch, jwire_msg_t *msg) {
+    if (!w->sock[ch])
+        return -ENOTCONN;
+    int r = jwire_msg_send(msg, w->signer, w->sock[ch]);
+    loop_zmq_kick(w->gw->loop, w->watch[ch]);
+    return r;
+}
+
+int gw_worker_interrupt(gw_worker_t *w) {
+    if (!w || !w->launched || w->state == WORKER_STOPPING)
+        return -ESRCH;
+    return w->gw->launcher->interrupt(w->gw->launcher, &w->proc);
+}

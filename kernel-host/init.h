@@ -1,0 +1,38 @@
+/* The worker's init: PID 1 inside the container. It starts the kernel as its only direct
+ * child, forwards the signals the gateway sends it (SIGINT is how an interrupt reaches the
+ * kernel, SIGTERM a polite stop), reaps every orphan that the pid namespace hands it, and
+ * exits with the kernel's status as soon as the kernel is gone, which tears the whole pid
+ * namespace down and makes the init's pidfd readable on the host.
+ *
+ * It stays small and single-threaded on purpose: it runs with the worker's uid under the
+ * same seccomp filter as user code, and it is non-dumpable so that user code (same uid) can
+ * neither ptrace it nor read its /proc files. The kernel kind is an enum so that a later
+ * native kernel (embedded CPython speaking the wire protocol in C) can be started here too. */
+#pragma once
+
+#include <stdbool.h>
+
+typedef enum {
+    KHOST_KERNEL_EXEC,   /* exec the argv after "--" (ipykernel today) */
+    KHOST_KERNEL_NATIVE, /* reserved for the native kernel; not implemented yet */
+} khost_kernel_t;
+
+typedef struct {
+    khost_kernel_t kernel;
+    char *const *argv; /* borrowed from the caller's argv; NULL-terminated */
+} khost_args_t;
+
+/* Parses `kbox-kernel-host [--kernel exec|native] [--] COMMAND [ARG...]`. Pure. Returns 0 and
+ * fills *ret; -EINVAL for unknown options, a missing command (exec) or a command given to
+ * the native kernel; -EOPNOTSUPP is not returned here (see khost_init_run). */
+int khost_args_parse(int argc, char *const *argv, khost_args_t *ret);
+
+/* The init's exit code for the kernel's wait status: its exit code, or 128 + the signal that
+ * killed it (the shell convention; an init cannot re-raise a fatal signal on itself). */
+int khost_exit_code(int wstatus);
+
+/* Makes the process non-dumpable and, when it is not PID 1, a child subreaper (so the same
+ * code can be tested without a pid namespace); then runs the kernel and returns the exit code
+ * to exit with (0..255). -errno if the kernel could not be started at all, -EOPNOTSUPP for
+ * KHOST_KERNEL_NATIVE. Blocks signals for the calling (single-threaded) process. */
+int khost_init_run(const khost_args_t *args);

@@ -1,0 +1,135 @@
+"""Fixtures that run the real kbox-gateway (real kernels, real launcher) on loopback.
+
+The gateway binary comes from KBOX_GATEWAY_BIN (set by ctest). The launcher is runc unless
+KBOX_TEST_LAUNCHER says otherwise; tests that need root fail (not skip) without it.
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+GATEWAY_BIN = os.environ.get("KBOX_GATEWAY_BIN", "")
+LAUNCHER = os.environ.get("KBOX_TEST_LAUNCHER", "runc")
+KERNEL = os.environ.get("KBOX_TEST_KERNEL", "ipykernel")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A running gateway process and a small client for it."""
+
+    def __init__(self, extra_args=(), env=None, state_dir=None):
+        assert GATEWAY_BIN and os.path.exists(GATEWAY_BIN), "KBOX_GATEWAY_BIN must point at kbox-gateway"
+        self.port = free_port()
+        self.own_state = state_dir is None
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="kbox-test-")
+        self.token = "test-token-" + "".join(random.choice("abcdef0123456789") for _ in range(24))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [GATEWAY_BIN, "--port", str(self.port), "--state-dir", self.state_dir,
+                     "--launcher", LAUNCHER, "--kernel", KERNEL] + list(extra_args)
+        self.env = dict(os.environ, AUTH_TOKEN=self.token)
+        self.env.update(env or {})
+        self.log_path = os.path.join(tempfile.gettempdir(), f"kbox-gw-{self.port}.log")
+        self.proc = None
+
+    def start(self, wait_healthy=True, timeout=60):
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"gateway exited early:\n{self.read_log()}"
+            try:
+                r = requests.get(self.url + "/healthz", timeout=1)
+                if r.status_code == 200 or (not wait_healthy and r.status_code in (200, 503)):
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"gateway not healthy in {timeout}s:\n{self.read_log()}")
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def headers(self, **extra):
+        h = {"X-Auth-Token": self.token}
+        h.update(extra)
+        return h
+
+    def execute(self, user, code, timeout_ms=None, http_timeout=180, **kw):
+        body = {"user_uuid": user, "code": code}
+        if timeout_ms is not None:
+            body["timeout_ms"] = timeout_ms
+        return requests.post(self.url + "/execute", json=body, headers=self.headers(), timeout=http_timeout, **kw)
+
+    def release(self, user):
+        return requests.post(self.url + "/release", json={"user_uuid": user}, headers=self.headers(), timeout=60)
+
+    def status(self):
+        r = requests.get(self.url + "/status", headers=self.headers(), timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, pred, timeout=60):
+        deadline = time.time() + timeout
+        st = None
+        while time.time() < deadline:
+            st = self.status()
+            if pred(st):
+                return st
+            time.sleep(0.1)
+        raise AssertionError(f"status condition not reached: {st}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=25):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("gateway did not stop within %ss" % timeout)
+        rc = self.proc.returncode if self.proc else None
+        if self.own_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        return rc
+
+
+@pytest.fixture(scope="module")
+def gw():
+    g = Gateway(["--min-idle-workers", "2", "--max-total-workers", "100"]).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def make_gateway():
+    made = []
+
+    def make(*args, **kw):
+        g = Gateway(*args, **kw)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.stop()
+
+
+def uid():
+    return "u-%016x" % random.getrandbits(64)

@@ -1,0 +1,87 @@
+/* Unit tests for gateway option parsing: defaults, env, argv precedence and errors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "config.h"
+#include "util.h"
+
+static const char *fake_env_value;
+static const char *fake_env_name;
+static const char *fake_getenv(const char *name) {
+    return streq(name, fake_env_name) ? fake_env_value : NULL;
+}
+static const char *no_env(const char *name) {
+    return NULL;
+}
+
+static void test_defaults(void **state) {
+    gw_config_t c;
+    char err[256];
+    char *argv[] = {"gw", NULL};
+    assert_int_equal(gw_config_load(&c, 1, argv, no_env, err, sizeof err), 0);
+    assert_string_equal(c.host, "127.0.0.1");
+    assert_int_equal(c.port, 3874);
+    assert_int_equal(c.min_idle_workers, 5);
+    assert_int_equal(c.max_total_workers, 50);
+    assert_true(c.worker_cpu == 1.0);
+    assert_int_equal(c.worker_ram_mb, 1024);
+    assert_int_equal(c.worker_disk_mb, 500);
+    assert_int_equal(c.exec_timeout_ms, 120000);
+    assert_int_equal(c.idle_timeout_s, 3600);
+    assert_int_equal(c.max_output_bytes, 1048576);
+    assert_int_equal(c.max_queue, 32);
+}
+
+static void test_env_then_argv(void **state) {
+    gw_config_t c;
+    char err[256];
+    fake_env_name = "MIN_IDLE_WORKERS";
+    fake_env_value = "7";
+    char *argv1[] = {"gw", NULL};
+    assert_int_equal(gw_config_load(&c, 1, argv1, fake_getenv, err, sizeof err), 0);
+    assert_int_equal(c.min_idle_workers, 7);
+    char *argv2[] = {"gw", "--min-idle-workers", "3", "--worker-cpu=0.5", NULL};
+    assert_int_equal(gw_config_load(&c, 4, argv2, fake_getenv, err, sizeof err), 0);
+    assert_int_equal(c.min_idle_workers, 3);
+    assert_true(c.worker_cpu == 0.5);
+}
+
+static void test_errors(void **state) {
+    gw_config_t c;
+    char err[256];
+    char *bad_num[] = {"gw", "--port", "70000", NULL};
+    assert_int_equal(gw_config_load(&c, 3, bad_num, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "port"));
+    char *frac[] = {"gw", "--max-queue", "1.5", NULL};
+    assert_int_equal(gw_config_load(&c, 3, frac, no_env, err, sizeof err), -EINVAL);
+    char *unknown[] = {"gw", "--bogus", "1", NULL};
+    assert_int_equal(gw_config_load(&c, 3, unknown, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "bogus"));
+    char *missing[] = {"gw", "--port", NULL};
+    assert_int_equal(gw_config_load(&c, 2, missing, no_env, err, sizeof err), -EINVAL);
+    char *minmax[] = {"gw", "--min-idle-workers", "9", "--max-total-workers", "3", NULL};
+    assert_int_equal(gw_config_load(&c, 5, minmax, no_env, err, sizeof err), -EINVAL);
+    char *kernel[] = {"gw", "--kernel", "ruby", NULL};
+    assert_int_equal(gw_config_load(&c, 3, kernel, no_env, err, sizeof err), -EINVAL);
+    char *rel[] = {"gw", "--state-dir", "relative", NULL};
+    assert_int_equal(gw_config_load(&c, 3, rel, no_env, err, sizeof err), -EINVAL);
+    fake_env_name = "WORKER_RAM_MB";
+    fake_env_value = "lots";
+    char *none[] = {"gw", NULL};
+    assert_int_equal(gw_config_load(&c, 1, none, fake_getenv, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "WORKER_RAM_MB"));
+    char *help[] = {"gw", "--help", NULL};
+    assert_int_equal(gw_config_load(&c, 2, help, no_env, err, sizeof err), 1);
+    assert_non_null(strstr(gw_config_usage(), "--idle-timeout-s"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_env_then_argv),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages listed in the given files that are not installed yet.
+# Usage: tools/install-deps.sh LIST...   (as root; a no-op when everything is present)
+set -euo pipefail
+want=()
+for list in "$@"; do
+  while read -r pkg; do
+    [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want+=("$pkg")
+  done < "$list"
+done
+[ ${#want[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages (run as root to install them): ${want[*]}" >&2
+  exit 1
+fi
+echo "installing: ${want[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Refresh the index once if it is missing or older than a day.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mtime -1 2>/dev/null | head -1)" ]; then
+  apt-get update -qq
+fi
+apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
