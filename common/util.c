@@ -165,6 +165,26 @@ int rm_rf(const char *path) {
     return rm_rf_at(AT_FDCWD, path, st.st_dev);
 }
 
+int rm_rf_contents(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    DIR *d = opendir(path);
+    if (!d)
+        return -errno;
+    int ret = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+            continue;
+        int r = rm_rf_at(dirfd(d), de->d_name, st.st_dev);
+        if (r < 0 && ret == 0)
+            ret = r;
+    }
+    closedir(d);
+    return ret;
+}
+
 void random_hex(char *ret, size_t nbytes) {
     unsigned char raw[64];
     while (nbytes > 0) {

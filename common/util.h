@@ -84,6 +84,9 @@ int mkdir_p(const char *path, mode_t mode);
 /* rm -rf that never crosses a mount point (so a bind-mounted disk is never wiped). */
 int rm_rf(const char *path);
 
+/* Empty a directory (same rules as rm_rf), keeping the directory itself. */
+int rm_rf_contents(const char *path);
+
 /* A random RFC 4122 version-4 UUID string (36 chars + NUL) from libsodium's CSPRNG. */
 void uuid4(char ret[37]);
 

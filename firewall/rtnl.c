@@ -92,6 +92,9 @@ static int talk(fw_rtnl_t *nl, req_t *r, reply_cb_t cb, void *ctx) {
     _cleanup_free_ char *buf = malloc(RECV_MAX);
     if (!buf)
         return -ENOMEM;
+    /* NLM_F_DUMP's bits mean NLM_F_EXCL|NLM_F_REPLACE on NEW requests: only a GET dumps. */
+    bool dump = (r->h.nlmsg_type - RTM_BASE) % 4 == 2 &&
+                (r->h.nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
     int cb_err = 0;
     bool interrupted = false;
     for (;;) {
@@ -116,7 +119,7 @@ static int talk(fw_rtnl_t *nl, req_t *r, reply_cb_t cb, void *ctx) {
                 const struct nlmsgerr *e = NLMSG_DATA(h);
                 if (e->error < 0)
                     return e->error;
-                if (!(r->h.nlmsg_flags & NLM_F_DUMP))
+                if (!dump)
                     return cb_err;
                 continue;
             }

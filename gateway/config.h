@@ -24,11 +24,15 @@ typedef struct {
     uint64_t acquire_timeout_ms;  /* how long a request waits for a worker before 503 */
     uint64_t interrupt_grace_ms;  /* after a timeout's interrupt, before the worker is replaced */
     uint64_t worker_start_timeout_ms;
+    uint32_t max_starting_workers; /* concurrent starts; more would only slow each other */
     uint64_t max_body_bytes;
     uint64_t max_code_bytes;
     char kernel[16];   /* "ipykernel" | "native" */
     char launcher[16]; /* "runc" | "process" */
     char python[256];
+    uint32_t uid_base;  /* first worker uid */
+    uint32_t uid_count; /* worker uids available (sessions and workers each hold one) */
+    uint64_t disk_reserve_mb;
 } gw_config_t;
 
 /* Fill defaults, then apply env (getenv_fn may be NULL for the real environment), then argv.

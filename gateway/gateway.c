@@ -5,6 +5,7 @@
 #include "util.h"
 
 #include <fcntl.h>
+#include <sodium.h>
 #include <sys/stat.h>
 
 #define SHUTDOWN_DEADLINE_MS 15000
@@ -38,12 +39,11 @@ static int load_token(gw_t *gw) {
     return write_file_atomic(path, line, strlen(line), 0600);
 }
 
-int gw_new(const gw_config_t *cfg, launcher_t *launcher, gw_t **ret) {
+int gw_new(const gw_config_t *cfg, gw_t **ret) {
     gw_t *gw = calloc(1, sizeof *gw);
     if (!gw)
         return -ENOMEM;
     gw->cfg = *cfg;
-    gw->launcher = launcher;
     TAILQ_INIT(&gw->workers);
     TAILQ_INIT(&gw->idle);
     TAILQ_INIT(&gw->sessions);
@@ -62,12 +62,32 @@ int gw_new(const gw_config_t *cfg, launcher_t *launcher, gw_t **ret) {
     }
     if ((r = xsnprintf(gw->run_root, sizeof gw->run_root, "%s/run", cfg->state_dir)) < 0)
         goto fail;
-    /* Leftovers of a previous run: their kernels died with it (PDEATHSIG / container kill). */
-    rm_rf(gw->run_root);
     if ((r = mkdir_p(gw->run_root, 0700)) < 0)
         goto fail;
+    /* A tag of the state dir names our workers (and so our namespaces and veths), so a
+     * start-up sweep removes this gateway's leftovers and never another gateway's. */
+    unsigned char tag[crypto_generichash_BYTES_MIN];
+    crypto_generichash(tag, sizeof tag, (const unsigned char *)cfg->state_dir,
+                       strlen(cfg->state_dir), NULL, 0);
+    snprintf(gw->id_prefix, sizeof gw->id_prefix, "w%02x%02x", tag[0], tag[1]);
     if ((r = load_token(gw)) < 0)
         goto fail;
+    if (streq(cfg->launcher, "process")) {
+        log_warn("gateway", "UNSANDBOXED process launcher: for development only", NULL);
+        gw->launcher = launcher_process_new();
+        gw->owns_launcher = true;
+        if (!gw->launcher) {
+            r = -ENOMEM;
+            goto fail;
+        }
+    } else if ((r = gw_sandbox_init(gw)) < 0) {
+        log_error("gateway", "cannot set up the sandbox", "{s:s}", "error", strerror(-r));
+        goto fail;
+    }
+    /* Leftovers of a previous run (kill -9): nothing of ours runs yet, so all of it goes. */
+    rm_rf_contents(gw->run_root);
+    if (gw->disks)
+        gw_sandbox_sweep(gw);
     gw->loop = loop_new(4);
     if (!gw->loop) {
         r = -errno ? -errno : -ENOMEM;
@@ -167,6 +187,11 @@ void gw_destroy(gw_t **gw_p) {
     zhashx_destroy(&gw->expired);
     zlistx_destroy(&gw->expired_order);
     if (gw->run_root[0])
-        rm_rf(gw->run_root);
+        rm_rf_contents(gw->run_root);
+    gw_sandbox_fini(gw);
+    if (gw->owns_launcher)
+        launcher_destroy(&gw->launcher);
+    if (gw->run_root[0])
+        rmdir(gw->run_root);
     free(gw);
 }

@@ -11,6 +11,7 @@
 #include "exec_out.h"
 #include "http.h"
 #include "jwire.h"
+#include "firewall.h"
 #include "launcher.h"
 #include "loop.h"
 
@@ -72,6 +73,21 @@ struct gw_worker {
 
     uint64_t created_us;
     uint64_t ready_us;
+
+    /* Sandbox resources (sandbox.c). The disk and uid slot belong to the worker until a
+     * session adopts them; then to the session (disk_keep: detach, not remove, at cleanup). */
+    uint32_t uid_slot;
+    bool has_uid_slot;
+    char disk_name[64];
+    bool disk_attach; /* attach the session's existing disk instead of creating one */
+    bool disk_ready;  /* mounted: teardown must detach or remove it */
+    bool disk_keep;   /* the disk outlives this worker (a live session owns it) */
+    char disk_mount[PATH_MAX];
+    char netns_path[PATH_MAX];
+    struct fw_netns *netns;
+    char reserved_for[40]; /* kernel_id of the session this worker was started for, or "" */
+    char owner_kernel_id[40]; /* session owning the disk at cleanup (to tell it when done) */
+    uint64_t t_disk_us, t_netns_us;
 };
 
 int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret);
@@ -147,6 +163,11 @@ struct gw_session {
     uint32_t nclients;
     zhashx_t *routes; /* msg_id of a client request -> its gw_wsclient_t */
     zlistx_t *held;   /* client messages waiting for a worker (channels.c) */
+    char disk_name[64];   /* the session's disk ("" until it adopts a worker's) */
+    uint32_t uid_slot;    /* valid when has_uid_slot */
+    bool has_uid_slot;
+    bool disk_busy;       /* its last worker is still detaching the disk */
+    bool spawn_pending;   /* a dedicated worker is starting for it */
 };
 
 typedef struct gw_wsclient gw_wsclient_t;
@@ -262,16 +283,33 @@ struct gw {
     bool shutting_down;
     gw_metrics_t metrics;
     loop_watch_t *idle_timer;
+    /* Sandbox (sandbox.c): NULL/0 with the unsandboxed launcher. */
+    struct disk_mgr *disks;
+    fw_config_t fw;
+    char rootfs[PATH_MAX];
+    char cgroup_parent[32];
+    uint64_t *uid_used;
+    uint32_t uid_count, uid_next;
+    bool owns_launcher;
+    char id_prefix[8]; /* "w" + 4 hex from the state dir: our netns/veth names, ours alone */
     uint32_t spawn_failures;     /* consecutive; reset when a worker becomes ready */
     loop_watch_t *backoff_timer; /* while set, no new workers are started */
     uint64_t started_mono_ms;
 };
 
-/* The launcher the configuration names (launchers.c); NULL on failure (logged). */
-launcher_t *gw_launcher_from_config(const gw_config_t *cfg);
+/* sandbox.c */
+int gw_sandbox_init(gw_t *gw);
+int gw_sandbox_sweep(gw_t *gw);
+void gw_sandbox_fini(gw_t *gw);
+int gw_sandbox_prepare(gw_worker_t *w);  /* work pool */
+void gw_sandbox_release(gw_worker_t *w); /* work pool */
+void gw_sandbox_remove_disk(gw_t *gw, const char *name);
+int gw_uid_slot_alloc(gw_t *gw, uint32_t *ret);
+void gw_uid_slot_free(gw_t *gw, uint32_t slot);
 
 /* Lifecycle (gateway.c). */
-int gw_new(const gw_config_t *cfg, launcher_t *launcher, gw_t **ret);
+/* Sets up the state dir, token, sandbox (or the dev process launcher) and sweeps leftovers. */
+int gw_new(const gw_config_t *cfg, gw_t **ret);
 int gw_start(gw_t *gw); /* listen, warm the pool */
 /* Begin an orderly shutdown: stop accepting, fail pending work, destroy all workers; the loop
  * stops once every cleanup has finished. */

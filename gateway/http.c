@@ -579,7 +579,8 @@ int http_conn_stream_begin(http_conn_t *c, int status, const char *content_type,
     if (status < 200 || status > 999)
         return -EINVAL;
     /* HTTP/1.0 has no chunked coding: the body then ends with the connection. */
-    c->chunked_out = c->parser.http_major > 1 || (c->parser.http_major == 1 && c->parser.http_minor >= 1);
+    c->chunked_out =
+        c->parser.http_major > 1 || (c->parser.http_major == 1 && c->parser.http_minor >= 1);
     bool saved_ka = c->keep_alive;
     if (!c->chunked_out)
         c->keep_alive = false;
@@ -850,7 +851,8 @@ static int split_target(const char *u, size_t len, const char **ret_path, size_t
     }
     if (len > 0 && u[0] == '/') {
         start = 0;
-    } else if (len > 7 && (strncasecmp(u, "http://", 7) == 0 || strncasecmp(u, "https://", 8) == 0)) {
+    } else if (len > 7 &&
+               (strncasecmp(u, "http://", 7) == 0 || strncasecmp(u, "https://", 8) == 0)) {
         start = u[4] == ':' ? 7 : 8;
         while (start < len && u[start] != '/' && u[start] != '?' && u[start] != '#')
             start++;
@@ -1006,7 +1008,8 @@ static void conn_advance(http_conn_t *c) {
              * can destroy the response before the peer reads it. */
             shutdown(c->fd, SHUT_WR);
             c->state = C_LINGER;
-            c->deadline_ms = now_mono_ms() + MIN((uint64_t)LINGER_MS, c->server->cfg.idle_timeout_ms);
+            c->deadline_ms =
+                now_mono_ms() + MIN((uint64_t)LINGER_MS, c->server->cfg.idle_timeout_ms);
             c->rpos = c->rlen = 0;
             c->lingered = 0;
             break;
@@ -1509,46 +1512,87 @@ int http_conn_detach(http_conn_t *c, int *ret_fd, char **ret_extra, size_t *ret_
 
 const char *http_status_text(int status) {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 416: return "Range Not Satisfiable";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 426: return "Upgrade Required";
-    case 428: return "Precondition Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 416:
+        return "Range Not Satisfiable";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Content";
+    case 426:
+        return "Upgrade Required";
+    case 428:
+        return "Precondition Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }

@@ -32,17 +32,11 @@ int main(int argc, char **argv) {
     zsys_handler_set(NULL); /* our loop owns SIGINT/SIGTERM */
     signal(SIGPIPE, SIG_IGN);
 
-    launcher_t *launcher = gw_launcher_from_config(&cfg);
-    if (!launcher) {
-        log_error("gateway", "cannot create the launcher", "{s:s}", "launcher", cfg.launcher);
-        return 1;
-    }
     gw_t *gw = NULL;
-    r = gw_new(&cfg, launcher, &gw);
+    r = gw_new(&cfg, &gw);
     if (r < 0) {
         log_error("gateway", "cannot initialise", "{s:s,s:s}", "error", strerror(-r), "state_dir",
                   cfg.state_dir);
-        launcher_destroy(&launcher);
         return 1;
     }
     loop_watch_t *sig_term = loop_signal_add(gw->loop, SIGTERM, on_signal, gw);
@@ -57,7 +51,6 @@ int main(int argc, char **argv) {
     loop_watch_del(gw->loop, &sig_term);
     loop_watch_del(gw->loop, &sig_int);
     gw_destroy(&gw);
-    launcher_destroy(&launcher);
     log_info("gateway", "stopped", NULL);
     return r < 0 ? 1 : 0;
 }

@@ -11,7 +11,7 @@ static uint32_t count_starting_unclaimed(const gw_t *gw) {
     uint32_t n = 0;
     const gw_worker_t *w;
     TAILQ_FOREACH(w, &gw->workers, link)
-    if (w->state == WORKER_STARTING && !w->doomed)
+    if (w->state == WORKER_STARTING && !w->doomed && !w->reserved_for[0])
         n++;
     return n;
 }
@@ -54,22 +54,67 @@ static void spawn_one(gw_t *gw) {
         log_error("pool", "cannot start a worker", "{s:s}", "error", strerror(-r));
 }
 
+/* A session that owns a disk needs a worker started for it, with that disk and its uid. */
+static bool needs_dedicated(const gw_t *gw, const gw_session_t *s) {
+    return gw->disks && s->disk_name[0];
+}
+
+static uint32_t count_starting(const gw_t *gw) {
+    uint32_t n = 0;
+    const gw_worker_t *w;
+    TAILQ_FOREACH(w, &gw->workers, link)
+    if (w->state == WORKER_STARTING)
+        n++;
+    return n;
+}
+
+static bool can_start(const gw_t *gw) {
+    return gw->nworkers_live < gw->cfg.max_total_workers && !gw->backoff_timer &&
+           count_starting(gw) < gw->cfg.max_starting_workers;
+}
+
+static gw_session_t *first_generic_waiter(gw_t *gw) {
+    gw_session_t *s;
+    TAILQ_FOREACH(s, &gw->waiting, wait_link)
+    if (!needs_dedicated(gw, s))
+        return s;
+    return NULL;
+}
+
+static void spawn_dedicated(gw_t *gw) {
+    gw_session_t *s;
+    TAILQ_FOREACH(s, &gw->waiting, wait_link) {
+        if (!needs_dedicated(gw, s) || s->spawn_pending || s->disk_busy)
+            continue;
+        if (!can_start(gw))
+            return;
+        int r = gw_worker_spawn(gw, s, NULL);
+        if (r < 0) {
+            log_error("pool", "cannot start a worker", "{s:s}", "error", strerror(-r));
+            return;
+        }
+        s->spawn_pending = true;
+    }
+}
+
 void gw_pool_top_up(gw_t *gw) {
     if (gw->shutting_down)
         return;
+    spawn_dedicated(gw);
     /* Waiting sessions first: each needs a worker that is starting or about to. */
     uint32_t waiting = 0;
     gw_session_t *s;
     TAILQ_FOREACH(s, &gw->waiting, wait_link)
-    waiting++;
+    if (!needs_dedicated(gw, s))
+        waiting++;
     uint32_t starting = count_starting_unclaimed(gw);
     uint32_t idle = 0;
     gw_worker_t *w;
     TAILQ_FOREACH(w, &gw->idle, idle_link)
     idle++;
     /* Hand idle workers to waiters (only possible if one became idle meanwhile). */
-    while (!TAILQ_EMPTY(&gw->waiting) && !TAILQ_EMPTY(&gw->idle)) {
-        gw_session_t *ws = TAILQ_FIRST(&gw->waiting);
+    while (waiting > 0 && !TAILQ_EMPTY(&gw->idle)) {
+        gw_session_t *ws = first_generic_waiter(gw);
         gw_worker_t *iw = TAILQ_FIRST(&gw->idle);
         gw_pool_cancel_wait(gw, ws);
         TAILQ_REMOVE(&gw->idle, iw, idle_link);
@@ -82,7 +127,7 @@ void gw_pool_top_up(gw_t *gw) {
         return; /* recent start failures: do not spin on a broken launcher */
     uint32_t want = waiting + gw->cfg.min_idle_workers;
     uint32_t have = starting + idle;
-    while (have < want && gw->nworkers_live < gw->cfg.max_total_workers) {
+    while (have < want && can_start(gw)) {
         uint32_t before = gw->nworkers_live;
         spawn_one(gw);
         if (gw->nworkers_live == before)
@@ -104,7 +149,7 @@ static void on_acquire_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
 void gw_pool_request(gw_t *gw, gw_session_t *s) {
     if (s->worker || s->waiting)
         return;
-    if (!TAILQ_EMPTY(&gw->idle)) {
+    if (!needs_dedicated(gw, s) && !TAILQ_EMPTY(&gw->idle)) {
         gw_worker_t *w = TAILQ_FIRST(&gw->idle);
         TAILQ_REMOVE(&gw->idle, w, idle_link);
         w->in_idle = false;
@@ -133,10 +178,21 @@ void gw_pool_on_worker_ready(gw_t *gw, gw_worker_t *w) {
         gw_worker_destroy(w, "shutting down");
         return;
     }
-    if (!TAILQ_EMPTY(&gw->waiting)) {
-        gw_session_t *s = TAILQ_FIRST(&gw->waiting);
-        gw_pool_cancel_wait(gw, s);
-        gw_session_on_worker_ready(s, w);
+    if (w->reserved_for[0]) {
+        gw_session_t *s = gw_session_find_kernel(gw, w->reserved_for);
+        if (!s || s->released || s->worker) {
+            gw_worker_destroy(w, "its session is gone");
+        } else {
+            gw_pool_cancel_wait(gw, s);
+            gw_session_on_worker_ready(s, w);
+        }
+        gw_pool_top_up(gw);
+        return;
+    }
+    gw_session_t *waiter = first_generic_waiter(gw);
+    if (waiter) {
+        gw_pool_cancel_wait(gw, waiter);
+        gw_session_on_worker_ready(waiter, w);
     } else {
         TAILQ_INSERT_TAIL(&gw->idle, w, idle_link);
         w->in_idle = true;
@@ -153,7 +209,11 @@ static void on_backoff(loop_t *loop, loop_watch_t *t, void *arg) {
 void gw_pool_on_worker_failed(gw_t *gw, gw_worker_t *w) {
     /* The failed worker still counts until its cleanup is done. Waiters keep waiting (bounded
      * by their acquire timer); new starts back off exponentially, 100 ms up to 10 s. */
-    (void)w;
+    if (w->reserved_for[0]) {
+        gw_session_t *s = gw_session_find_kernel(gw, w->reserved_for);
+        if (s)
+            s->spawn_pending = false;
+    }
     gw->spawn_failures++;
     if (gw->backoff_timer || gw->shutting_down)
         return;

@@ -268,6 +268,15 @@ void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
     w->session = s;
     s->worker = w;
     s->had_worker = true;
+    s->spawn_pending = false;
+    if (!s->disk_name[0] && w->disk_name[0]) {
+        /* The session adopts the pre-warmed worker's disk and uid: they are its from now on. */
+        snprintf(s->disk_name, sizeof s->disk_name, "%s", w->disk_name);
+        s->uid_slot = w->uid_slot;
+        s->has_uid_slot = w->has_uid_slot;
+        w->has_uid_slot = false;
+        snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s", s->kernel_id);
+    }
     snprintf(s->execution_state, sizeof s->execution_state, "idle");
     gw_channels_flush(s);
     gw_pending_t *p;
@@ -298,6 +307,11 @@ void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
 
 static void session_free(gw_session_t *s) {
     gw_t *gw = s->gw;
+    if (s->has_uid_slot)
+        gw_uid_slot_free(gw, s->uid_slot);
+    /* A disk whose worker is gone (or still detaching: its cleanup removes it then). */
+    if (s->disk_name[0] && !s->disk_busy)
+        gw_sandbox_remove_disk(gw, s->disk_name);
     if (s->user_uuid)
         zhashx_delete(gw->by_user, s->user_uuid);
     zhashx_delete(gw->by_kernel, s->kernel_id);
@@ -441,6 +455,7 @@ void gw_session_release(gw_session_t *s, int status, const char *error, const ch
     s->worker = NULL;
     if (w) {
         w->session = NULL;
+        s->disk_name[0] = '\0'; /* the worker's cleanup removes it: the owner is gone */
         gw_worker_destroy(w, "released");
     }
     log_info("session", "session released", "{s:s}", "kernel_id", s->kernel_id);

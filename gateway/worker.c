@@ -79,6 +79,9 @@ static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
 static void launch_work(void *arg) {
     gw_worker_t *w = arg;
     gw_t *gw = w->gw;
+    w->start_err = gw_sandbox_prepare(w);
+    if (w->start_err < 0)
+        return;
     w->start_err = gw->launcher->start(gw->launcher, &w->spec, &w->proc);
     if (w->start_err < 0)
         return;
@@ -239,6 +242,7 @@ static int connect_channels(gw_worker_t *w) {
         zsock_set_reconnect_ivl(s, -1);
         zsock_set_rcvhwm(s, 100000);
         zsock_set_sndhwm(s, 100000);
+        zsock_set_sndtimeo(s, 0); /* a stuck kernel must never stall the loop */
         if (c == JWIRE_SHELL || c == JWIRE_STDIN)
             zsock_set_identity(s, w->zsession); /* stdin requests are routed to our shell id */
         if (c == JWIRE_IOPUB)
@@ -284,8 +288,10 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
     w->gw = gw;
     w->proc.pidfd = -1;
     w->proc.pid = -1;
-    w->id[0] = 'w';
-    random_hex(w->id + 1, 8);
+    /* Our prefix (from the state dir) then 12 random hex: names of namespaces and veths made
+     * from it are recognisably ours in a start-up sweep, and no other gateway's. */
+    snprintf(w->id, sizeof w->id, "%s", gw->id_prefix);
+    random_hex(w->id + strlen(w->id), 6);
     uuid4(w->zsession);
     w->created_us = now_mono_us();
     int r;
@@ -331,7 +337,22 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
         .pids_max = gw->cfg.worker_pids,
         .uid = 0,
     };
-    (void)for_session;
+    if (gw->disks) {
+        if (for_session && for_session->disk_name[0]) {
+            /* A replacement: the session's disk and uid come along. */
+            snprintf(w->disk_name, sizeof w->disk_name, "%s", for_session->disk_name);
+            w->disk_attach = true;
+            w->uid_slot = for_session->uid_slot;
+            snprintf(w->reserved_for, sizeof w->reserved_for, "%s", for_session->kernel_id);
+            snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s",
+                     for_session->kernel_id);
+        } else {
+            if ((r = gw_uid_slot_alloc(gw, &w->uid_slot)) < 0)
+                goto fail;
+            w->has_uid_slot = true;
+            snprintf(w->disk_name, sizeof w->disk_name, "%s", w->id);
+        }
+    }
 
     w->state = WORKER_STARTING;
     TAILQ_INSERT_TAIL(&gw->workers, w, link);
@@ -349,6 +370,8 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
         *ret = w;
     return 0;
 fail:
+    if (w->has_uid_slot)
+        gw_uid_slot_free(gw, w->uid_slot);
     rm_rf(w->run_dir);
     worker_free(w);
     return r;
@@ -361,6 +384,7 @@ static void cleanup_work(void *arg) {
     gw_t *gw = w->gw;
     if (w->launched)
         gw->launcher->cleanup(gw->launcher, &w->proc, &w->spec);
+    gw_sandbox_release(w);
     rm_rf(w->run_dir);
 }
 
@@ -369,6 +393,19 @@ static void cleanup_done(loop_t *loop, void *arg) {
     gw_t *gw = w->gw;
     TAILQ_REMOVE(&gw->workers, w, link);
     gw->nworkers_live--;
+    if (w->has_uid_slot)
+        gw_uid_slot_free(gw, w->uid_slot);
+    if (w->disk_keep) {
+        /* The session's disk is free for its next worker now. */
+        gw_session_t *s = gw_session_find_kernel(gw, w->owner_kernel_id);
+        if (s) {
+            s->disk_busy = false;
+            if (s->waiting)
+                gw_pool_top_up(gw);
+        } else {
+            gw_sandbox_remove_disk(gw, w->disk_name); /* released while we detached */
+        }
+    }
     worker_free(w);
     if (!gw->shutting_down)
         gw_pool_top_up(gw);
@@ -386,6 +423,13 @@ void gw_worker_destroy(gw_worker_t *w, const char *reason) {
     if (w->session) {
         w->session->worker = NULL;
         w->session = NULL;
+    }
+    if (!w->disk_keep && w->owner_kernel_id[0]) {
+        gw_session_t *owner = gw_session_find_kernel(gw, w->owner_kernel_id);
+        if (owner && !owner->released) {
+            w->disk_keep = true;
+            owner->disk_busy = true;
+        }
     }
     if (w->launching) {
         /* The launcher is still running on the pool: finish when it reports back. */

@@ -142,8 +142,9 @@ static const char *handshake_problem(const http_request_t *req, bool *ret_bad_ve
     unsigned char bin[32];
     size_t blen = 0;
     const char *end = NULL;
-    if (!key || sodium_base642bin(bin, sizeof bin, key, strlen(key), NULL, &blen, &end,
-                                  sodium_base64_VARIANT_ORIGINAL) != 0 ||
+    if (!key ||
+        sodium_base642bin(bin, sizeof bin, key, strlen(key), NULL, &blen, &end,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
         *end != '\0' || blen != 16)
         return "Sec-WebSocket-Key must be 16 bytes in base64";
     return NULL;
@@ -258,8 +259,8 @@ static void cb_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
         return; /* ping/pong/close are handled by wslay */
     if (ws->h.on_message)
-        ws->h.on_message(ws, arg->opcode == WSLAY_BINARY_FRAME, arg->msg ? arg->msg : (const void *)"",
-                         arg->msg_length, ws->arg);
+        ws->h.on_message(ws, arg->opcode == WSLAY_BINARY_FRAME,
+                         arg->msg ? arg->msg : (const void *)"", arg->msg_length, ws->arg);
 }
 
 static void ws_update_events(ws_conn_t *ws) {
@@ -510,11 +511,11 @@ ws_conn_t *ws_accept(http_conn_t *conn, const http_request_t *req, const char *s
     const char *problem = handshake_problem(req, &bad_version);
     if (problem) {
         if (bad_version) {
+            /* RFC 6455 4.2.2: name the version we speak so the client can retry with it. */
+            static const char body[] = "{\"error\": \"bad_request\", \"detail\": "
+                                       "\"unsupported Sec-WebSocket-Version (13 only)\"}";
             (void)http_conn_respond(conn, 426, "application/json", "Sec-WebSocket-Version: 13\r\n",
-                                    "{\"error\": \"bad_request\", \"detail\": \"unsupported "
-                                    "Sec-WebSocket-Version (13 only)\"}",
-                                    sizeof "{\"error\": \"bad_request\", \"detail\": \"unsupported "
-                                           "Sec-WebSocket-Version (13 only)\"}" - 1);
+                                    body, sizeof body - 1);
         } else {
             (void)http_conn_respond_error(conn, 400, "bad_request", problem);
         }

@@ -47,12 +47,14 @@ typedef struct {
 
 /* Upgrades the request on conn (call it from on_request or later, before any response).
  * subprotocol: NULL, or the one the server picked from the client's offer (see
- * ws_subprotocol_select); it is echoed in Sec-WebSocket-Protocol. cfg may be NULL (defaults;
- * zero fields take defaults). On success conn has been detached and freed without on_close
- * (clear any conn user state first), req is gone, and the 101 is on its way. On a bad
- * handshake the request is answered (400 JSON; 426 with Sec-WebSocket-Version: 13 for an
- * unsupported version) and NULL is returned with errno EINVAL; on other failures NULL with
- * errno set and the request answered with 500 when still possible. */
+ * ws_subprotocol_select); it is echoed in Sec-WebSocket-Protocol. cfg may be NULL (zero
+ * fields take the defaults); cfg and h are copied. Whatever the result, conn and req must not
+ * be used after this returns. On success conn was detached and freed without on_close (drop
+ * any per-conn state first) and the 101 is on its way. On failure NULL is returned with errno
+ * set (EINVAL for a bad handshake) and the request has been answered: 400 JSON for a bad
+ * handshake, 426 with Sec-WebSocket-Version: 13 for another protocol version, 500 otherwise;
+ * the connection closes after that answer (its on_close still follows if a user pointer is
+ * set). */
 ws_conn_t *ws_accept(http_conn_t *conn, const http_request_t *req, const char *subprotocol,
                      const ws_config_t *cfg, const ws_handlers_t *h, void *arg);
 

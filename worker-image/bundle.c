@@ -20,8 +20,8 @@
 #define CPU_QUOTA_MIN    1000 /* µs; the kernel refuses smaller CFS quotas */
 
 static bool id_char_ok(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
 }
 
 static bool worker_id_ok(const char *id) {
@@ -101,8 +101,7 @@ static int spec_check(const wimg_bundle_spec_t *s) {
     if (!(s->cpu > 0.0) || s->cpu > 1024.0 || !mb_ok(s->ram_mb) || s->pids_max == 0 ||
         s->pids_max > 4194304)
         return -EINVAL;
-    if (s->nofile > 1048576 || s->tmp_mb > MAX_MB || s->shm_mb > MAX_MB ||
-        s->sandbox_mb > MAX_MB)
+    if (s->nofile > 1048576 || s->tmp_mb > MAX_MB || s->shm_mb > MAX_MB || s->sandbox_mb > MAX_MB)
         return -EINVAL;
     return 0;
 }
@@ -156,24 +155,20 @@ static json_t *process_new(const wimg_bundle_spec_t *s) {
     };
 
     uint64_t nofile = s->nofile ? s->nofile : DEFAULT_NOFILE;
+    // clang-format off: one key (and its value) per line reads as the JSON it builds.
     return json_pack("{s:b, s:{s:I, s:I, s:[]}, s:o, s:o, s:s,"
                      " s:{s:[], s:[], s:[], s:[], s:[]},"
                      " s:[{s:s, s:I, s:I}, {s:s, s:I, s:I}],"
                      " s:b, s:i}",
-                     "terminal", 0,
-                     "user", "uid", (json_int_t)s->uid, "gid", (json_int_t)s->uid,
-                     "additionalGids",
-                     "args", args,
-                     "env", string_array(env),
-                     "cwd", WIMG_SANDBOX_DIR,
-                     "capabilities", "bounding", "effective", "inheritable", "permitted",
-                     "ambient",
-                     "rlimits", "type", "RLIMIT_CORE", "hard", (json_int_t)0, "soft",
-                     (json_int_t)0, "type", "RLIMIT_NOFILE", "hard", (json_int_t)nofile, "soft",
-                     (json_int_t)nofile,
-                     "noNewPrivileges", 1,
+                     "terminal", 0, "user", "uid", (json_int_t)s->uid, "gid", (json_int_t)s->uid,
+                     "additionalGids", "args", args, "env", string_array(env), "cwd",
+                     WIMG_SANDBOX_DIR, "capabilities", "bounding", "effective", "inheritable",
+                     "permitted", "ambient", "rlimits", "type", "RLIMIT_CORE", "hard",
+                     (json_int_t)0, "soft", (json_int_t)0, "type", "RLIMIT_NOFILE", "hard",
+                     (json_int_t)nofile, "soft", (json_int_t)nofile, "noNewPrivileges", 1,
                      /* The host's OOM killer takes a worker before the gateway. */
                      "oomScoreAdj", 1000);
+    // clang-format on
 }
 
 static int mount_add(json_t *mounts, const char *dest, const char *type, const char *source,
@@ -187,8 +182,10 @@ static int mount_add(json_t *mounts, const char *dest, const char *type, const c
 
 static json_t *mounts_new(const wimg_bundle_spec_t *s) {
     char tmp_size[32], shm_size[32], sbox_size[32], uid_opt[32], gid_opt[32];
-    snprintf(tmp_size, sizeof tmp_size, "size=%" PRIu64 "m", s->tmp_mb ? s->tmp_mb : DEFAULT_TMP_MB);
-    snprintf(shm_size, sizeof shm_size, "size=%" PRIu64 "m", s->shm_mb ? s->shm_mb : DEFAULT_SHM_MB);
+    snprintf(tmp_size, sizeof tmp_size, "size=%" PRIu64 "m",
+             s->tmp_mb ? s->tmp_mb : DEFAULT_TMP_MB);
+    snprintf(shm_size, sizeof shm_size, "size=%" PRIu64 "m",
+             s->shm_mb ? s->shm_mb : DEFAULT_SHM_MB);
     snprintf(sbox_size, sizeof sbox_size, "size=%" PRIu64 "m",
              s->sandbox_mb ? s->sandbox_mb : DEFAULT_SBOX_MB);
     snprintf(uid_opt, sizeof uid_opt, "uid=%" PRIu32, s->uid);
@@ -198,32 +195,42 @@ static json_t *mounts_new(const wimg_bundle_spec_t *s) {
     if (!mounts)
         return NULL;
     int r = 0;
-    r = r ?: mount_add(mounts, "/proc", "proc", "proc",
-                       (const char *[]){"nosuid", "noexec", "nodev", NULL});
+    r = r
+            ?: mount_add(mounts, "/proc", "proc", "proc",
+                         (const char *[]){"nosuid", "noexec", "nodev", NULL});
     /* runc fills this tmpfs with its default device nodes only. */
-    r = r ?: mount_add(mounts, "/dev", "tmpfs", "tmpfs",
-                       (const char *[]){"nosuid", "noexec", "strictatime", "mode=755",
-                                        "size=64k", NULL});
+    r = r
+            ?: mount_add(mounts, "/dev", "tmpfs", "tmpfs",
+                         (const char *[]){"nosuid", "noexec", "strictatime", "mode=755", "size=64k",
+                                          NULL});
     /* newinstance: the worker's ptys are its own, not the host's /dev/pts. */
-    r = r ?: mount_add(mounts, "/dev/pts", "devpts", "devpts",
-                       (const char *[]){"nosuid", "noexec", "newinstance", "ptmxmode=0666",
-                                        "mode=0620", NULL});
-    r = r ?: mount_add(mounts, "/dev/shm", "tmpfs", "shm",
-                       (const char *[]){"nosuid", "noexec", "nodev", "mode=1777", shm_size, NULL});
-    r = r ?: mount_add(mounts, "/sys", "sysfs", "sysfs",
-                       (const char *[]){"nosuid", "noexec", "nodev", "ro", NULL});
-    r = r ?: mount_add(mounts, "/tmp", "tmpfs", "tmpfs",
-                       (const char *[]){"nosuid", "nodev", "mode=1777", tmp_size, NULL});
+    r = r
+            ?: mount_add(mounts, "/dev/pts", "devpts", "devpts",
+                         (const char *[]){"nosuid", "noexec", "newinstance", "ptmxmode=0666",
+                                          "mode=0620", NULL});
+    r = r
+            ?: mount_add(
+                   mounts, "/dev/shm", "tmpfs", "shm",
+                   (const char *[]){"nosuid", "noexec", "nodev", "mode=1777", shm_size, NULL});
+    r = r
+            ?: mount_add(mounts, "/sys", "sysfs", "sysfs",
+                         (const char *[]){"nosuid", "noexec", "nodev", "ro", NULL});
+    r = r
+            ?: mount_add(mounts, "/tmp", "tmpfs", "tmpfs",
+                         (const char *[]){"nosuid", "nodev", "mode=1777", tmp_size, NULL});
     if (s->disk_mount)
-        r = r ?: mount_add(mounts, WIMG_SANDBOX_DIR, "bind", s->disk_mount,
-                           (const char *[]){"rbind", "nosuid", "nodev", NULL});
+        r = r
+                ?: mount_add(mounts, WIMG_SANDBOX_DIR, "bind", s->disk_mount,
+                             (const char *[]){"rbind", "nosuid", "nodev", NULL});
     else
-        r = r ?: mount_add(mounts, WIMG_SANDBOX_DIR, "tmpfs", "tmpfs",
-                           (const char *[]){"nosuid", "nodev", "mode=0700", sbox_size, uid_opt,
-                                            gid_opt, NULL});
+        r = r
+                ?: mount_add(mounts, WIMG_SANDBOX_DIR, "tmpfs", "tmpfs",
+                             (const char *[]){"nosuid", "nodev", "mode=0700", sbox_size, uid_opt,
+                                              gid_opt, NULL});
     /* The connection file and the ipc sockets; nothing there is meant to be executed. */
-    r = r ?: mount_add(mounts, WIMG_RUN_DIR, "bind", s->run_dir,
-                       (const char *[]){"rbind", "nosuid", "nodev", "noexec", NULL});
+    r = r
+            ?: mount_add(mounts, WIMG_RUN_DIR, "bind", s->run_dir,
+                         (const char *[]){"rbind", "nosuid", "nodev", "noexec", NULL});
     if (r < 0) {
         json_decref(mounts);
         return NULL;
@@ -246,10 +253,20 @@ static json_t *linux_new(const wimg_bundle_spec_t *s) {
     /* Host information and attack surface in /proc and /sys: masked ones read as empty
      * (/dev/null or an empty read-only tmpfs), read-only ones cannot be written. */
     static const char *const masked[] = {
-        "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-        "/sys/firmware", "/sys/devices/virtual/powercap", "/sys/kernel/debug",
-        "/sys/kernel/security", NULL,
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+        "/sys/kernel/debug",
+        "/sys/kernel/security",
+        NULL,
     };
     static const char *const readonly[] = {
         "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", NULL,
@@ -260,11 +277,11 @@ static json_t *linux_new(const wimg_bundle_spec_t *s) {
     if (quota < CPU_QUOTA_MIN)
         quota = CPU_QUOTA_MIN;
     char cgpath[256];
-    snprintf(cgpath, sizeof cgpath, "/%s/%s", s->cgroup_parent ? s->cgroup_parent : DEFAULT_CGPARENT,
-             s->worker_id);
+    snprintf(cgpath, sizeof cgpath, "/%s/%s",
+             s->cgroup_parent ? s->cgroup_parent : DEFAULT_CGPARENT, s->worker_id);
 
     json_t *seccomp = json_deep_copy(s->seccomp);
-    /* swap == limit: cgroup v1 memsw (and v2 after runc's conversion) then allows no swap. */
+    // clang-format off
     return json_pack("{s:o, s:o, s:o,"
                      " s:{s:[{s:b, s:s}], s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I}},"
                      " s:s, s:o, s:s}",
@@ -272,14 +289,18 @@ static json_t *linux_new(const wimg_bundle_spec_t *s) {
                      "maskedPaths", string_array(masked),
                      "readonlyPaths", string_array(readonly),
                      "resources",
-                     "devices", "allow", 0, "access", "rwm",
-                     "memory", "limit", (json_int_t)mem, "swap", (json_int_t)mem,
-                     "cpu", "quota", quota, "period", (json_int_t)WIMG_CPU_PERIOD,
-                     "pids", "limit", (json_int_t)s->pids_max,
+                         "devices", "allow", 0, "access", "rwm",
+                         /* swap == limit: cgroup v1 memsw (and v2 after runc's conversion)
+                          * then allows no swap at all. */
+                         "memory", "limit", (json_int_t)mem, "swap", (json_int_t)mem,
+                         "cpu", "quota", quota, "period", (json_int_t)WIMG_CPU_PERIOD,
+                         "pids", "limit", (json_int_t)s->pids_max,
                      "cgroupsPath", cgpath,
                      "seccomp", seccomp,
-                     /* Nothing mounted on the host later (other workers' disks) propagates in. */
+                     /* Nothing mounted on the host later (other workers' disks) propagates
+                      * into this worker's mount namespace. */
                      "rootfsPropagation", "rprivate");
+    // clang-format on
 }
 
 int wimg_bundle_build(const wimg_bundle_spec_t *spec, json_t **ret_config) {
@@ -290,6 +311,7 @@ int wimg_bundle_build(const wimg_bundle_spec_t *spec, json_t **ret_config) {
         return -EINVAL;
 
     /* json_pack "o" steals references, including on failure, so the parts need no cleanup. */
+    // clang-format off
     json_t *config = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o}",
                                "ociVersion", "1.0.2",
                                "process", process_new(spec),
@@ -297,6 +319,7 @@ int wimg_bundle_build(const wimg_bundle_spec_t *spec, json_t **ret_config) {
                                "hostname", spec->hostname ? spec->hostname : WIMG_HOSTNAME,
                                "mounts", mounts_new(spec),
                                "linux", linux_new(spec));
+    // clang-format on
     if (!config)
         return -ENOMEM;
     *ret_config = config;

@@ -19,31 +19,31 @@
 #include <stdint.h>
 
 /* Where things appear inside the container. */
-#define WIMG_SANDBOX_DIR  "/sandbox"
-#define WIMG_RUN_DIR      "/run/kbox"
-#define WIMG_INIT_PATH    "/kbox/kernel-host"
-#define WIMG_HOSTNAME     "kbox"
-#define WIMG_CPU_PERIOD   100000u /* µs; the CFS default */
+#define WIMG_SANDBOX_DIR "/sandbox"
+#define WIMG_RUN_DIR     "/run/kbox"
+#define WIMG_INIT_PATH   "/kbox/kernel-host"
+#define WIMG_HOSTNAME    "kbox"
+#define WIMG_CPU_PERIOD  100000u /* µs; the CFS default */
 
 typedef struct {
-    const char *worker_id;    /* [A-Za-z0-9_-]{1,64}; used in cgroupsPath */
-    const char *rootfs;       /* absolute host path of the (shared, read-only) rootfs */
-    const char *init_path;    /* the init inside the container; NULL: WIMG_INIT_PATH */
+    const char *worker_id;          /* [A-Za-z0-9_-]{1,64}; used in cgroupsPath */
+    const char *rootfs;             /* absolute host path of the (shared, read-only) rootfs */
+    const char *init_path;          /* the init inside the container; NULL: WIMG_INIT_PATH */
     const char *const *kernel_argv; /* NULL-terminated argv the init starts, paths as seen inside */
-    const char *run_dir;      /* absolute host path bound at WIMG_RUN_DIR (read-write) */
-    const char *disk_mount;   /* absolute host path bound at WIMG_SANDBOX_DIR, or NULL: a tmpfs */
-    const char *netns_path;   /* network namespace to join, or NULL: a new one (only lo) */
+    const char *run_dir;            /* absolute host path bound at WIMG_RUN_DIR (read-write) */
+    const char *disk_mount;    /* absolute host path bound at WIMG_SANDBOX_DIR, or NULL: a tmpfs */
+    const char *netns_path;    /* network namespace to join, or NULL: a new one (only lo) */
     const char *cgroup_parent; /* cgroupsPath is "/<cgroup_parent>/<worker_id>"; NULL: "kbox" */
-    const char *hostname;     /* NULL: WIMG_HOSTNAME */
-    const json_t *seccomp;    /* borrowed linux.seccomp object (from wimg_seccomp_load) */
-    uint32_t uid;             /* the worker's own uid, also its gid; never 0 */
-    double cpu;               /* CPU quota in cores, > 0 */
-    uint64_t ram_mb;          /* memory limit, no swap, > 0 */
-    uint64_t pids_max;        /* > 0 */
-    uint64_t nofile;          /* RLIMIT_NOFILE soft = hard; 0: 1024 */
-    uint64_t tmp_mb;          /* /tmp size; 0: 256 */
-    uint64_t shm_mb;          /* /dev/shm size; 0: 64 */
-    uint64_t sandbox_mb;      /* size of the /sandbox tmpfs when disk_mount is NULL; 0: 256 */
+    const char *hostname;      /* NULL: WIMG_HOSTNAME */
+    const json_t *seccomp;     /* borrowed linux.seccomp object (from wimg_seccomp_load) */
+    uint32_t uid;              /* the worker's own uid, also its gid; never 0 */
+    double cpu;                /* CPU quota in cores, > 0 */
+    uint64_t ram_mb;           /* memory limit, no swap, > 0 */
+    uint64_t pids_max;         /* > 0 */
+    uint64_t nofile;           /* RLIMIT_NOFILE soft = hard; 0: 1024 */
+    uint64_t tmp_mb;           /* /tmp size; 0: 256 */
+    uint64_t shm_mb;           /* /dev/shm size; 0: 64 */
+    uint64_t sandbox_mb;       /* size of the /sandbox tmpfs when disk_mount is NULL; 0: 256 */
 } wimg_bundle_spec_t;
 
 /* Builds config.json for spec. Returns 0 and a new reference in *ret_config, -EINVAL if the

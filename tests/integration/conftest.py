@@ -131,5 +131,49 @@ def make_gateway():
         g.stop()
 
 
+def leftovers(state_dir):
+    """Everything of a gateway's that could outlive it: processes, containers, loop devices,
+    mounts, network namespaces, cgroups. Empty lists when nothing is left."""
+    out = {"processes": [], "containers": [], "loops": [], "mounts": [], "netns": [], "cgroups": []}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if state_dir.encode() in cmd and b"kbox-gateway" not in cmd and b"pytest" not in cmd:
+            out["processes"].append(int(p))
+    runc_root = os.path.join(state_dir, "runc")
+    if os.path.isdir(runc_root):
+        r = subprocess.run(["runc", "--root", runc_root, "list", "-q"], capture_output=True, text=True)
+        out["containers"] = r.stdout.split()
+    for dev in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{dev}/loop/backing_file") as f:
+                if f.read().startswith(state_dir):
+                    out["loops"].append(dev)
+        except OSError:
+            pass
+    with open("/proc/self/mountinfo") as f:
+        out["mounts"] = [l.split()[4] for l in f if state_dir in l.split()[4]]
+    import hashlib
+    # The gateway names its workers "w" + the first 4 hex of BLAKE2b-128(state_dir).
+    tag = hashlib.blake2b(state_dir.encode(), digest_size=16).hexdigest()[:4]
+    if os.path.isdir("/run/netns"):
+        out["netns"] = [n for n in os.listdir("/run/netns") if n.startswith("kbox-w" + tag)]
+    for ctl in ("memory", "pids", "cpu"):
+        d = f"/sys/fs/cgroup/{ctl}/kbox-w{tag}"
+        if os.path.isdir(d):
+            out["cgroups"].append(d)
+    return out
+
+
+def no_leftovers(state_dir):
+    left = leftovers(state_dir)
+    return {k: v for k, v in left.items() if v}
+
+
 def uid():
     return "u-%016x" % random.getrandbits(64)

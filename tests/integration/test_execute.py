@@ -166,20 +166,22 @@ def test_thirty_users_concurrently(gw):
 
     def run(u):
         start = random.randint(1000, 9999)
-        if gw.execute(u, f"x = {start}").status_code != 200:
-            return False
+        r = gw.execute(u, f"x = {start}")
+        if r.status_code != 200:
+            return ("first", r.status_code, r.text[:300])
         total = start
         for _ in range(5):
             inc = random.randint(100, 999)
             total += inc
             r = gw.execute(u, f"x += {inc}\nprint(x)")
             if r.status_code != 200 or int(r.json()["result_text"].strip()) != total:
-                return False
-        return gw.release(u).status_code == 200
+                return ("step", r.status_code, r.text[:300])
+        r = gw.release(u)
+        return "ok" if r.status_code == 200 else ("release", r.status_code, r.text)
 
     with concurrent.futures.ThreadPoolExecutor(30) as ex:
         results = list(ex.map(run, users))
-    assert all(results)
+    assert [r for r in results if r != "ok"] == []
 
 
 def test_two_first_requests_one_worker(gw):

@@ -17,7 +17,7 @@
 #error "KBOX_SECCOMP_PROFILE must point at worker-image/seccomp.json"
 #endif
 
-static const char *const kernel_argv[] = {"/usr/bin/python3", "-m", "ipykernel_launcher", "-f",
+static const char *const kernel_argv[] = {"/usr/bin/python3",      "-m", "ipykernel_launcher", "-f",
                                           "/run/kbox/kernel.json", NULL};
 
 static json_t *seccomp_stub(void) {
@@ -69,8 +69,9 @@ static bool string_array_has(json_t *arr, const char *s) {
 static json_t *mount_find(json_t *config, const char *dest) {
     size_t i;
     json_t *m;
-    json_array_foreach(json_object_get(config, "mounts"), i, m) if (
-        streq(json_string_value(json_object_get(m, "destination")), dest)) return m;
+    json_array_foreach(
+        json_object_get(config, "mounts"), i,
+        m) if (streq(json_string_value(json_object_get(m, "destination")), dest)) return m;
     return NULL;
 }
 
@@ -219,9 +220,8 @@ static void test_linux(void **state) {
     }
 
     json_t *masked = path_get(c, "linux.maskedPaths");
-    const char *must_mask[] = {"/proc/kcore",       "/proc/keys", "/proc/timer_list",
-                               "/proc/sched_debug", "/proc/acpi", "/proc/scsi",
-                               "/sys/firmware"};
+    const char *must_mask[] = {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+                               "/proc/acpi",  "/proc/scsi", "/sys/firmware"};
     for (size_t i = 0; i < ARRAY_SIZE(must_mask); i++)
         assert_true(string_array_has(masked, must_mask[i]));
     json_t *ro = path_get(c, "linux.readonlyPaths");
@@ -352,8 +352,7 @@ static void test_seccomp_profile(void **state) {
     json_t *sc = NULL;
     assert_int_equal(wimg_seccomp_load(KBOX_SECCOMP_PROFILE, &sc), 0);
     assert_false(has_comment(sc));
-    assert_string_equal(json_string_value(json_object_get(sc, "defaultAction")),
-                        "SCMP_ACT_ERRNO");
+    assert_string_equal(json_string_value(json_object_get(sc, "defaultAction")), "SCMP_ACT_ERRNO");
     assert_int_equal(json_integer_value(json_object_get(sc, "defaultErrnoRet")), EPERM);
 
     json_t *rules[8];
@@ -370,8 +369,8 @@ static void test_seccomp_profile(void **state) {
     assert_string_equal(json_string_value(json_object_get(arg, "op")), "SCMP_CMP_MASKED_EQ");
     assert_int_equal(json_integer_value(json_object_get(arg, "index")), 0);
     assert_int_equal(json_integer_value(json_object_get(arg, "value")),
-                     0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 |
-                         0x20000000 | 0x40000000);
+                     0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 |
+                         0x40000000);
     assert_int_equal(json_integer_value(json_object_get(arg, "valueTwo")), 0);
 
     /* socket: never AF_VSOCK (a path to the VM host no netns can close). */
@@ -381,11 +380,12 @@ static void test_seccomp_profile(void **state) {
     assert_int_equal(json_integer_value(json_object_get(arg, "value")), 40);
 
     /* The syscalls security.md lists: mentioned only in an EPERM rule, never allowed. */
-    const char *denied[] = {"mount",        "ptrace",          "bpf",         "keyctl",
-                            "add_key",      "kexec_load",      "init_module", "perf_event_open",
-                            "userfaultfd",  "unshare",         "setns",       "pivot_root",
-                            "swapon",       "reboot",          "open_by_handle_at",
-                            "io_uring_setup", "io_uring_enter", "io_uring_register"};
+    const char *denied[] = {"mount",          "ptrace",          "bpf",
+                            "keyctl",         "add_key",         "kexec_load",
+                            "init_module",    "perf_event_open", "userfaultfd",
+                            "unshare",        "setns",           "pivot_root",
+                            "swapon",         "reboot",          "open_by_handle_at",
+                            "io_uring_setup", "io_uring_enter",  "io_uring_register"};
     for (size_t i = 0; i < ARRAY_SIZE(denied); i++) {
         size_t n = rules_for(sc, denied[i], rules, 8);
         assert_int_equal(n, 1);
@@ -394,8 +394,8 @@ static void test_seccomp_profile(void **state) {
         assert_int_equal(json_integer_value(json_object_get(rules[0], "errnoRet")), EPERM);
     }
     /* And what CPython + ipykernel cannot live without is allowed unconditionally. */
-    const char *needed[] = {"futex", "mmap", "execve", "epoll_wait", "getrandom", "rseq",
-                            "set_robust_list", "wait4", "pipe2", "connect"};
+    const char *needed[] = {"futex",           "mmap",  "execve", "epoll_wait", "getrandom", "rseq",
+                            "set_robust_list", "wait4", "pipe2",  "connect"};
     for (size_t i = 0; i < ARRAY_SIZE(needed); i++) {
         assert_int_equal(rules_for(sc, needed[i], rules, 8), 1);
         assert_string_equal(json_string_value(json_object_get(rules[0], "action")),
@@ -457,12 +457,9 @@ static void test_write(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_process),
-        cmocka_unit_test(test_root_and_mounts),
-        cmocka_unit_test(test_linux),
-        cmocka_unit_test(test_invalid),
-        cmocka_unit_test(test_seccomp_profile),
-        cmocka_unit_test(test_seccomp_load_errors),
+        cmocka_unit_test(test_process),         cmocka_unit_test(test_root_and_mounts),
+        cmocka_unit_test(test_linux),           cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_seccomp_profile), cmocka_unit_test(test_seccomp_load_errors),
         cmocka_unit_test(test_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

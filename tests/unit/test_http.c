@@ -653,7 +653,8 @@ static void c_async_stream(struct harness *h) {
     cl_send(&c, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
     cl_read_response(&c, next_resp(h), false);
     /* pipelined behind an async response */
-    cl_send(&c, "GET /async HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n");
+    cl_send(&c,
+            "GET /async HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n");
     cl_read_response(&c, next_resp(h), false);
     cl_read_response(&c, next_resp(h), false);
     cl_send(&c, "HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n");

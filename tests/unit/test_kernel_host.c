@@ -12,8 +12,8 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-#define ARGV(...) ((char *const[]){__VA_ARGS__, NULL})
-#define ARGC(...) ((int)(sizeof((char *[]){__VA_ARGS__}) / sizeof(char *)))
+#define ARGV(...)       ((char *const[]){__VA_ARGS__, NULL})
+#define ARGC(...)       ((int)(sizeof((char *[]){__VA_ARGS__}) / sizeof(char *)))
 #define PARSE(ret, ...) khost_args_parse(ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), ret)
 
 static void test_parse_exec(void **state) {

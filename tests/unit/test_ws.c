@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#define SAMPLE_KEY    "dGhlIHNhbXBsZSBub25jZQ=="
+#define SAMPLE_KEY "dGhlIHNhbXBsZSBub25jZQ=="
 /* RFC 6455 section 1.3 (the value is also what Python's hashlib/base64 give) */
 #define SAMPLE_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 #define JUPYTER_PROTO "v1.kernel.websocket.jupyter.org"
@@ -148,10 +148,11 @@ static int cl_read_head(struct client *c, char *out, size_t outlen) {
 
 static const char *handshake(const char *extra) {
     static __thread char req[1024];
-    snprintf(req, sizeof req,
-             "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
-             "Sec-WebSocket-Key: " SAMPLE_KEY "\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
-             extra ? extra : "");
+    snprintf(
+        req, sizeof req,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+        "Sec-WebSocket-Key: " SAMPLE_KEY "\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
+        extra ? extra : "");
     return req;
 }
 
@@ -556,7 +557,8 @@ static void c_bad(struct harness *h) {
         "GET /ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: " SAMPLE_KEY "\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n",
         "POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: " SAMPLE_KEY "\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n",
+        "Sec-WebSocket-Key: " SAMPLE_KEY
+        "\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n",
     };
     for (size_t i = 0; i < ARRAY_SIZE(reqs); i++) {
         struct client c;
@@ -686,16 +688,11 @@ static void test_peer_drops(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_accept_key),
-        cmocka_unit_test(test_subprotocol_select),
-        cmocka_unit_test(test_echo),
-        cmocka_unit_test(test_fragmented),
-        cmocka_unit_test(test_too_big),
-        cmocka_unit_test(test_ping),
-        cmocka_unit_test(test_bad_handshake),
-        cmocka_unit_test(test_subprotocol_and_server_close),
-        cmocka_unit_test(test_protocol_error),
-        cmocka_unit_test(test_outbuf_limit),
+        cmocka_unit_test(test_accept_key),     cmocka_unit_test(test_subprotocol_select),
+        cmocka_unit_test(test_echo),           cmocka_unit_test(test_fragmented),
+        cmocka_unit_test(test_too_big),        cmocka_unit_test(test_ping),
+        cmocka_unit_test(test_bad_handshake),  cmocka_unit_test(test_subprotocol_and_server_close),
+        cmocka_unit_test(test_protocol_error), cmocka_unit_test(test_outbuf_limit),
         cmocka_unit_test(test_peer_drops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,285 @@
+/* The one table: reads the JSON lines every phase of run.sh appended, takes medians over
+ * repetitions, ratios within each repetition (so machine noise mostly cancels), and checks
+ * the issue's targets. Figures, not assertions: the exit status is 0 whatever they are. */
+#include "bench.h"
+
+#include <math.h>
+
+#define MAX_REPS 64
+
+typedef struct {
+    const char *label, *title;
+} row_t;
+
+static const row_t rows[] = {
+    {"1a", "1a /execute, think 0.1-0.5 s"},
+    {"1b", "1b /execute, no think time"},
+    {"2-kbox", "2  kernels API + WS, kbox"},
+    {"2-jupyter", "2  kernels API + WS, Jupyter Server"},
+    {"3", "3  ZeroMQ direct, no gateway"},
+};
+
+static json_t *runs_of(json_t *all, const char *label) {
+    json_t *out = json_array();
+    size_t i;
+    json_t *j;
+    json_array_foreach(all, i, j) {
+        if (streq(json_string_value(json_object_get(j, "kind")), "run") &&
+            streq(json_string_value(json_object_get(j, "label")), label))
+            json_array_append(out, j);
+    }
+    return out;
+}
+
+/* Median over runs of a numeric field given by a path "a" or "a.b". */
+static double med_field(json_t *runs, const char *path) {
+    double v[MAX_REPS];
+    size_t n = 0, i;
+    json_t *j;
+    char a[64], *b;
+    snprintf(a, sizeof a, "%s", path);
+    b = strchr(a, '.');
+    if (b)
+        *b++ = '\0';
+    json_array_foreach(runs, i, j) {
+        json_t *x = json_object_get(j, a);
+        if (b)
+            x = json_object_get(x, b);
+        if (json_is_number(x) && n < MAX_REPS)
+            v[n++] = json_number_value(x);
+    }
+    return n ? bench_median(v, n) : NAN;
+}
+
+static json_t *run_rep(json_t *runs, json_int_t rep) {
+    size_t i;
+    json_t *j;
+    json_array_foreach(runs, i, j) {
+        if (json_integer_value(json_object_get(j, "rep")) == rep)
+            return j;
+    }
+    return NULL;
+}
+
+static double num(const json_t *j, const char *a, const char *b) {
+    json_t *x = json_object_get(j, a);
+    if (b)
+        x = json_object_get(x, b);
+    return json_is_number(x) ? json_number_value(x) : NAN;
+}
+
+/* Median over repetitions of f(run of label A, run of label B) in the same repetition. */
+static double med_pair(json_t *ra, json_t *rb, double (*f)(const json_t *, const json_t *),
+                       int *ret_n) {
+    double v[MAX_REPS];
+    size_t n = 0, i;
+    json_t *a;
+    json_array_foreach(ra, i, a) {
+        json_t *b = run_rep(rb, json_integer_value(json_object_get(a, "rep")));
+        if (b && n < MAX_REPS) {
+            double x = f(a, b);
+            if (!isnan(x))
+                v[n++] = x;
+        }
+    }
+    *ret_n = (int)n;
+    return n ? bench_median(v, n) : NAN;
+}
+
+static double f_rps_ratio(const json_t *a, const json_t *b) {
+    return num(a, "rps", NULL) / num(b, "rps", NULL);
+}
+static double f_p50_delta(const json_t *a, const json_t *b) {
+    return num(a, "lat_ms", "p50") - num(b, "lat_ms", "p50");
+}
+static double f_p95_ratio(const json_t *a, const json_t *b) {
+    return num(a, "lat_ms", "p95") / num(b, "lat_ms", "p95");
+}
+
+static json_t *last_of(json_t *all, const char *kind, const char *field, const char *value) {
+    json_t *found = NULL, *j;
+    size_t i;
+    json_array_foreach(all, i, j) {
+        if (streq(json_string_value(json_object_get(j, "kind")), kind) &&
+            (!field || streq(json_string_value(json_object_get(j, field)), value)))
+            found = j;
+    }
+    return found;
+}
+
+static const char *mark(bool met) {
+    return met ? "MET   " : "MISSED";
+}
+
+int bench_cmd_report(int argc, char **argv) {
+    static const char *const names[] = {"file", NULL};
+    const char *v[1];
+    if (bench_opts(argc, argv, names, v) < 0 || !v[0])
+        return 2;
+    FILE *f = fopen(v[0], "re");
+    if (!f) {
+        bench_note("cannot open %s", v[0]);
+        return 1;
+    }
+    json_t *all = json_array();
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (json_is_object(j))
+            json_array_append_new(all, j);
+        else
+            json_decref(j);
+    }
+    free(line);
+    fclose(f);
+
+    size_t i;
+    json_t *j;
+    printf("\n== kbox benchmark ==\n");
+    json_array_foreach(all, i, j) {
+        if (streq(json_string_value(json_object_get(j, "kind")), "meta"))
+            printf("  %-12s %s\n", json_string_value(json_object_get(j, "key")),
+                   json_string_value(json_object_get(j, "value")));
+    }
+    json_array_foreach(all, i, j) {
+        if (streq(json_string_value(json_object_get(j, "kind")), "warning"))
+            printf("  !!! %s\n", json_string_value(json_object_get(j, "text")));
+    }
+
+    printf("\n%-37s %5s %6s %7s %6s %6s | %7s %7s %7s %7s %8s | %5s %5s %5s\n", "workload (median of runs)",
+           "runs", "reqs", "wall s", "RPS", "ok %", "min", "P50", "P95", "P99", "max ms",
+           "srv", "kern", "gen");
+    for (size_t r = 0; r < ARRAY_SIZE(rows); r++) {
+        json_t *runs = runs_of(all, rows[r].label);
+        size_t n = json_array_size(runs);
+        if (n) {
+            printf("%-37s %5zu %6.0f %7.2f %6.1f %6.1f | %7.1f %7.1f %7.1f %7.1f %8.1f | %5.2f "
+                   "%5.2f %5.2f\n",
+                   rows[r].title, n, med_field(runs, "requests"), med_field(runs, "wall_s"),
+                   med_field(runs, "rps"), med_field(runs, "success_pct"),
+                   med_field(runs, "lat_ms.min"), med_field(runs, "lat_ms.p50"),
+                   med_field(runs, "lat_ms.p95"), med_field(runs, "lat_ms.p99"),
+                   med_field(runs, "lat_ms.max"), med_field(runs, "cpu.server_ms_per_req"),
+                   med_field(runs, "cpu.children_ms_per_req"),
+                   med_field(runs, "cpu.loadgen_ms_per_req"));
+            double ver = med_field(runs, "verified_pct");
+            json_t *first = json_array_get(runs, 0);
+            const char *ff = json_string_value(json_object_get(first, "first_failure"));
+            printf("%-37s verified %.1f%%, machine CPU busy %.0f%%, open P50 %.0f ms%s%s\n", "",
+                   ver, med_field(runs, "cpu.machine_busy_pct"), med_field(runs, "open_ms_p50"),
+                   ff ? "; first failure: " : "", ff ? ff : "");
+        }
+        json_decref(runs);
+    }
+    printf("  (srv/kern/gen: CPU ms per request of the server process, of its kernels, of the "
+           "load generator; for 3 the generator is the client)\n");
+
+    json_t *r1a = runs_of(all, "1a"), *r1b = runs_of(all, "1b"), *r3 = runs_of(all, "3"),
+           *r2k = runs_of(all, "2-kbox"), *r2j = runs_of(all, "2-jupyter");
+    int n1 = 0, n2 = 0, n3 = 0;
+    double ovh = med_pair(r1b, r3, f_rps_ratio, &n1);
+    double dp50 = med_pair(r1b, r3, f_p50_delta, &n3);
+    double w2 = med_pair(r2k, r2j, f_rps_ratio, &n2);
+    double w2p95 = med_pair(r2k, r2j, f_p95_ratio, &n3);
+    printf("\nratios (median over repetitions of the ratio within each repetition)\n");
+    if (n1)
+        printf("  gateway overhead, 1b vs 3: throughput %.1f%% lower, P50 %+.1f ms (%d runs)\n",
+               100 * (1 - ovh), dp50, n1);
+    if (n2)
+        printf("  workload 2, kbox / Jupyter Server: throughput x%.2f, P95 x%.2f (%d runs)\n", w2,
+               w2p95, n2);
+
+    json_t *fw = last_of(all, "first", "mode", "warm"), *fc = last_of(all, "first", "mode", "cold");
+    json_t *ks = last_of(all, "kstart", NULL, NULL);
+    printf("\nstart\n");
+    if (fw)
+        printf("  new user's first result, pool warm:  P50 %.1f ms, P95 %.1f ms; warm request P50 "
+               "%.1f, P95 %.1f; P95 above warm %+.1f ms (%d samples)\n",
+               num(fw, "first_ms", "p50"), num(fw, "first_ms", "p95"), num(fw, "warm_ms", "p50"),
+               num(fw, "warm_ms", "p95"), num(fw, "first_ms", "p95") - num(fw, "warm_ms", "p95"),
+               (int)num(fw, "samples", NULL));
+    if (fc)
+        printf("  new user's first result, pool empty: P50 %.0f ms, P95 %.0f ms (%d samples)\n",
+               num(fc, "first_ms", "p50"), num(fc, "first_ms", "p95"),
+               (int)num(fc, "samples", NULL));
+    if (ks) {
+        json_t *s = json_object_get(ks, "steps_ms");
+        printf("  kernel start, direct (median of %d): python start %.0f ms | import ipykernel "
+               "%.0f ms (separate runs)\n"
+               "    cumulative: conn file %.1f, fork+exec %.1f, sockets bound %.0f, "
+               "kernel_info reply %.0f, iopub flowing %.0f ms; first execute %.1f ms, second %.1f "
+               "ms\n",
+               (int)num(ks, "samples", NULL), num(s, "python_startup", NULL),
+               num(s, "import_ipykernel", NULL), num(s, "conn_file", NULL),
+               num(s, "fork_exec", NULL), num(s, "sockets_bound", NULL),
+               num(s, "kernel_info_reply", NULL), num(s, "iopub_flowing", NULL),
+               num(s, "first_execute", NULL), num(s, "second_execute", NULL));
+    }
+    json_array_foreach(all, i, j) {
+        if (!streq(json_string_value(json_object_get(j, "kind")), "gwlog"))
+            continue;
+        const char *k;
+        json_t *st;
+        json_object_foreach(json_object_get(j, "steps"), k, st)
+            printf("  gateway log (%s) %-40s P50 %7.0f ms  P95 %7.0f ms  (n=%d)\n",
+                   json_string_value(json_object_get(j, "label")), k, num(st, "p50", NULL),
+                   num(st, "p95", NULL), (int)num(st, "n", NULL));
+    }
+
+    printf("\nmemory\n");
+    json_array_foreach(all, i, j) {
+        if (!streq(json_string_value(json_object_get(j, "kind")), "mem"))
+            continue;
+        printf("  %4d sessions: gateway RSS %.1f MiB (PSS %.1f); per worker RSS %.1f MiB, PSS "
+               "%.1f MiB (%d workers); MemAvailable drop %.1f MiB/session; a request then: P50 "
+               "%.1f ms (%d/10 ok)\n",
+               (int)num(j, "sessions", NULL), num(j, "gw_rss_kb", NULL) / 1024,
+               num(j, "gw_pss_kb", NULL) / 1024, num(j, "worker_rss_kb", NULL) / 1024,
+               num(j, "worker_pss_kb", NULL) / 1024, (int)num(j, "workers", NULL),
+               num(j, "memavail_drop_per_session_kb", NULL) / 1024,
+               num(j, "probe_p50_ms", NULL), (int)num(j, "probe_ok", NULL));
+    }
+    json_t *capj = last_of(all, "capacity", NULL, NULL);
+    if (capj) {
+        const char *fail = json_string_value(json_object_get(capj, "failure"));
+        printf("  capacity: %d sessions held (ramp cap %d), stopped by %s%s%s; memory alone would "
+               "allow ~%.0f\n",
+               (int)num(capj, "held", NULL), (int)num(capj, "cap", NULL),
+               json_string_value(json_object_get(capj, "stopped_by")), fail ? ": " : "",
+               fail ? fail : "", num(capj, "memory_bound_sessions", NULL));
+    }
+
+    printf("\ntargets (figures, not assertions)\n");
+    if (json_array_size(r1a)) {
+        double p95 = med_field(r1a, "lat_ms.p95"), ver = med_field(r1a, "verified_pct");
+        printf("  %s 1a P95 <= 50 ms and 100%% verified: P95 %.1f ms, %.1f%% verified\n",
+               mark(p95 <= 50 && ver >= 100), p95, ver);
+    }
+    if (json_array_size(r1b)) {
+        double rps = med_field(r1b, "rps"), p95 = med_field(r1b, "lat_ms.p95");
+        printf("  %s 1b >= 350 RPS and P95 <= 150 ms: %.1f RPS, P95 %.1f ms\n",
+               mark(rps >= 350 && p95 <= 150), rps, p95);
+    }
+    if (n1)
+        printf("  %s gateway overhead vs 3 <= 10%%: %.1f%%\n", mark(1 - ovh <= 0.10),
+               100 * (1 - ovh));
+    if (n2) {
+        printf("  %s workload 2 >= 1.5x Jupyter Server throughput at lower P95: x%.2f, P95 x%.2f\n",
+               mark(w2 >= 1.5 && w2p95 < 1), w2, w2p95);
+    }
+    if (fw) {
+        double d = num(fw, "first_ms", "p95") - num(fw, "warm_ms", "p95");
+        printf("  %s new user's first result (warm pool) P95 <= 20 ms above a warm request: "
+               "%+.1f ms\n",
+               mark(d <= 20), d);
+    }
+    printf("\n");
+    json_decref(r1a);
+    json_decref(r1b);
+    json_decref(r3);
+    json_decref(r2k);
+    json_decref(r2j);
+    json_decref(all);
+    return 0;
+}

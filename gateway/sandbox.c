@@ -1,0 +1,279 @@
+/* What a sandboxed worker needs besides its container: a uid of its own, a virtual disk, and
+ * a firewalled network namespace. Prepared on the work pool before the launcher runs and
+ * released after the container is gone.
+ *
+ * Ownership: a pre-warmed worker makes a fresh disk and takes a fresh uid slot; when a
+ * session adopts the worker it adopts both, and they follow the session to any replacement
+ * worker (files survive a crash; the uid stays the same so no chown is needed). The worker's
+ * network namespace is always its own. */
+#include "gw.h"
+#include "log.h"
+#include "util.h"
+
+#include "diskmgr.h"
+#include "firewall.h"
+#include "launcher_runc.h"
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#ifndef KBOX_SOURCE_DIR
+#define KBOX_SOURCE_DIR "."
+#endif
+
+/* ---- uid slots ------------------------------------------------------------------------- */
+
+int gw_uid_slot_alloc(gw_t *gw, uint32_t *ret) {
+    for (uint32_t i = 0; i < gw->uid_count; i++) {
+        uint32_t s = (gw->uid_next + i) % gw->uid_count;
+        if (!(gw->uid_used[s / 64] & (1ull << (s % 64)))) {
+            gw->uid_used[s / 64] |= 1ull << (s % 64);
+            gw->uid_next = s + 1;
+            *ret = s;
+            return 0;
+        }
+    }
+    return -EAGAIN;
+}
+
+void gw_uid_slot_free(gw_t *gw, uint32_t slot) {
+    if (slot < gw->uid_count)
+        gw->uid_used[slot / 64] &= ~(1ull << (slot % 64));
+}
+
+/* ---- set-up at gateway start ----------------------------------------------------------- */
+
+static int run_script(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -errno;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
+}
+
+static int self_dir(char *buf, size_t len) {
+    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+    if (n < 0)
+        return -errno;
+    buf[n] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (slash)
+        *slash = '\0';
+    return 0;
+}
+
+static bool is_mountpoint(const char *path) {
+    struct stat a, b;
+    char parent[PATH_MAX];
+    if (stat(path, &a) < 0 || xsnprintf(parent, sizeof parent, "%s/..", path) < 0 ||
+        stat(parent, &b) < 0)
+        return false;
+    return a.st_dev != b.st_dev;
+}
+
+int gw_sandbox_init(gw_t *gw) {
+    const gw_config_t *c = &gw->cfg;
+    int r;
+    char path[PATH_MAX], images[PATH_MAX], mounts[PATH_MAX];
+    gw->uid_count = c->uid_count;
+    gw->uid_used = calloc((gw->uid_count + 63) / 64, sizeof *gw->uid_used);
+    if (!gw->uid_used)
+        return -ENOMEM;
+
+    /* Run dirs live on a tmpfs of their own: a bind of one shows "/w..." in the worker's
+     * mountinfo, never the gateway's state path. */
+    if (!is_mountpoint(gw->run_root) &&
+        mount("kbox-run", gw->run_root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0711,size=64m") < 0)
+        return -errno;
+
+    /* The rootfs: built (or found up to date) by the worker-image script. */
+    char bindir[PATH_MAX], init[PATH_MAX], script[PATH_MAX], uidb[16], uidc[16];
+    if ((r = self_dir(bindir, sizeof bindir)) < 0)
+        return r;
+    if ((r = xsnprintf(init, sizeof init, "%s/../kernel-host/kbox-kernel-host", bindir)) < 0 ||
+        (r = xsnprintf(script, sizeof script, "%s/worker-image/build-rootfs.sh",
+                       KBOX_SOURCE_DIR)) < 0 ||
+        (r = xsnprintf(gw->rootfs, sizeof gw->rootfs, "%s/rootfs", c->state_dir)) < 0)
+        return r;
+    snprintf(uidb, sizeof uidb, "%u", c->uid_base);
+    snprintf(uidc, sizeof uidc, "%u", c->uid_count);
+    char *argv[] = {"/bin/sh", script, "--init", init, "--uid-base", uidb, "--uid-count", uidc,
+                    gw->rootfs, NULL};
+    if ((r = run_script(argv)) < 0) {
+        log_error("sandbox", "building the worker rootfs failed", "{s:s}", "script", script);
+        return r;
+    }
+
+    /* Disks. */
+    if ((r = xsnprintf(images, sizeof images, "%s/disks", c->state_dir)) < 0 ||
+        (r = xsnprintf(mounts, sizeof mounts, "%s/mnt", c->state_dir)) < 0)
+        return r;
+    disk_mgr_config_t dc;
+    disk_mgr_config_init(&dc);
+    dc.images_dir = images;
+    dc.mounts_dir = mounts;
+    dc.reserve_mb = c->disk_reserve_mb;
+    if ((r = disk_mgr_new(&dc, &gw->disks)) < 0)
+        return r;
+
+    /* Network namespaces. */
+    fw_config_init(&gw->fw);
+
+    /* The launcher. */
+    char runc_root[PATH_MAX], bundles[PATH_MAX], seccomp[PATH_MAX];
+    if ((r = xsnprintf(runc_root, sizeof runc_root, "%s/runc", c->state_dir)) < 0 ||
+        (r = xsnprintf(bundles, sizeof bundles, "%s/bundles", c->state_dir)) < 0 ||
+        (r = xsnprintf(seccomp, sizeof seccomp, "%s/worker-image/seccomp.json",
+                       KBOX_SOURCE_DIR)) < 0)
+        return r;
+    (void)path;
+    /* Our own cgroup parent, like our own runc root: a sweep can never touch the containers
+     * of another gateway on the same host. */
+    snprintf(gw->cgroup_parent, sizeof gw->cgroup_parent, "kbox-%s", gw->id_prefix);
+    launcher_runc_config_t lc = {
+        .cgroup_parent = gw->cgroup_parent,
+        .runc_root = runc_root,
+        .bundle_root = bundles,
+        .rootfs = gw->rootfs,
+        .seccomp_profile = seccomp,
+        .uid_base = c->uid_base,
+        .uid_count = c->uid_count,
+    };
+    gw->launcher = launcher_runc_new(&lc);
+    if (!gw->launcher)
+        return -errno ? -errno : -EINVAL;
+    gw->owns_launcher = true;
+    return 0;
+}
+
+/* Removes what a previous run left: containers, namespaces, disks. Runs before any worker of
+ * ours exists, so nothing is kept. */
+int gw_sandbox_sweep(gw_t *gw) {
+    unsigned containers = 0;
+    int r = launcher_runc_sweep(gw->launcher, NULL, &containers);
+    if (r < 0)
+        log_warn("sandbox", "container sweep incomplete", "{s:s}", "error", strerror(-r));
+    unsigned netns = 0;
+    r = fw_sweep(&gw->fw, gw->id_prefix, NULL, 0, &netns);
+    if (r < 0)
+        log_warn("sandbox", "namespace sweep incomplete", "{s:s}", "error", strerror(-r));
+    disk_gc_stats_t ds = {0};
+    r = disk_mgr_gc(gw->disks, NULL, 0, &ds);
+    if (r < 0)
+        log_warn("sandbox", "disk sweep incomplete", "{s:s}", "error", strerror(-r));
+    if (containers || netns || ds.mounts || ds.loops || ds.images)
+        log_info("sandbox", "removed leftovers of a previous run", "{s:i,s:i,s:i,s:i,s:i}",
+                 "containers", (int)containers, "netns", (int)netns, "mounts", (int)ds.mounts,
+                 "loops", (int)ds.loops, "images", (int)ds.images);
+    return 0;
+}
+
+void gw_sandbox_fini(gw_t *gw) {
+    if (gw->disks && gw->launcher) {
+        /* Whatever the orderly shutdown could not stop (deadline hit) goes now. */
+        launcher_runc_sweep(gw->launcher, NULL, NULL);
+        fw_sweep(&gw->fw, gw->id_prefix, NULL, 0, NULL);
+        disk_mgr_gc(gw->disks, NULL, 0, NULL);
+    }
+    if (gw->rootfs[0]) {
+        char script[PATH_MAX];
+        if (xsnprintf(script, sizeof script, "%s/worker-image/build-rootfs.sh", KBOX_SOURCE_DIR) >= 0) {
+            char *argv[] = {"/bin/sh", script, "--remove", gw->rootfs, NULL};
+            run_script(argv);
+        }
+    }
+    disk_mgr_destroy(&gw->disks);
+    free(gw->uid_used);
+    gw->uid_used = NULL;
+    if (gw->run_root[0] && is_mountpoint(gw->run_root))
+        umount2(gw->run_root, MNT_DETACH);
+}
+
+/* ---- per worker (work pool) ------------------------------------------------------------ */
+
+int gw_sandbox_prepare(gw_worker_t *w) {
+    gw_t *gw = w->gw;
+    if (!gw->disks)
+        return 0; /* unsandboxed launcher */
+    uid_t uid = gw->cfg.uid_base + w->uid_slot;
+    disk_info_t info;
+    int r;
+    uint64_t t0 = now_mono_us();
+    if (w->disk_attach)
+        r = disk_mgr_attach(gw->disks, w->disk_name, uid, uid, &info);
+    else
+        r = disk_mgr_create(gw->disks, w->disk_name, gw->cfg.worker_disk_mb, uid, uid, &info);
+    if (r < 0)
+        return r;
+    w->disk_ready = true;
+    snprintf(w->disk_mount, sizeof w->disk_mount, "%s", info.mount_path);
+    uint64_t t1 = now_mono_us();
+    r = fw_netns_create(&gw->fw, w->id, 0, &w->netns);
+    if (r < 0)
+        return r;
+    uint64_t t2 = now_mono_us();
+    snprintf(w->netns_path, sizeof w->netns_path, "%s", fw_netns_path(w->netns));
+    w->spec.disk_mount = w->disk_mount;
+    w->spec.netns_path = w->netns_path;
+    w->spec.uid = uid;
+    w->t_disk_us = t1 - t0;
+    w->t_netns_us = t2 - t1;
+    /* The kernel (the sandbox uid) creates its ipc sockets in the run dir. */
+    if (chown(w->run_dir, uid, uid) < 0)
+        return -errno;
+    return 0;
+}
+
+void gw_sandbox_release(gw_worker_t *w) {
+    gw_t *gw = w->gw;
+    if (w->netns) {
+        int r = fw_netns_remove(w->netns);
+        if (r < 0)
+            log_warn("sandbox", "namespace removal failed", "{s:s,s:s}", "worker", w->id,
+                     "error", strerror(-r));
+        fw_netns_destroy(&w->netns);
+    }
+    if (gw->disks && w->disk_name[0] && (w->disk_ready || !w->disk_keep)) {
+        int r = w->disk_keep ? disk_mgr_detach(gw->disks, w->disk_name)
+                             : disk_mgr_remove(gw->disks, w->disk_name);
+        if (r < 0)
+            log_warn("sandbox", "disk teardown failed", "{s:s,s:s,s:s}", "worker", w->id, "disk",
+                     w->disk_name, "error", strerror(-r));
+    }
+}
+
+/* A session's disk when it has no worker to take it along (release after a crash). */
+static void remove_disk_work(void *arg) {
+    char **p = arg;
+    gw_t *gw = (gw_t *)p[0];
+    disk_mgr_remove(gw->disks, p[1]);
+}
+
+static void remove_disk_done(loop_t *loop, void *arg) {
+    char **p = arg;
+    free(p[1]);
+    free(p);
+}
+
+void gw_sandbox_remove_disk(gw_t *gw, const char *name) {
+    if (!gw->disks || !name || !name[0])
+        return;
+    char **p = calloc(2, sizeof *p);
+    if (!p)
+        return;
+    p[0] = (char *)gw;
+    p[1] = strdup(name);
+    if (!p[1] || loop_work_submit(gw->loop, remove_disk_work, remove_disk_done, p) < 0) {
+        free(p[1]);
+        free(p);
+    }
+}
