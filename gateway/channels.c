@@ -108,8 +108,14 @@ static void on_ws_message(ws_conn_t *ws, bool binary, const void *data, size_t l
     jwire_channel_t ch;
     jwire_msg_t *msg = NULL;
     if (wsframe_decode(c->proto, binary, data, len, &ch, &msg) < 0) {
-        log_warn("channels", "malformed WebSocket message ignored", "{s:s,s:i}", "kernel_id",
-                 s->kernel_id, "bytes", (int)len);
+        /* The client hears about it (1007, as for any payload it should not have sent) and
+         * nothing reaches the kernel; Jupyter Server drops such a connection too. */
+        log_warn("channels", "malformed WebSocket message; closing the connection",
+                 "{s:s,s:i,s:b}", "kernel_id", s->kernel_id, "bytes", (int)len, "binary",
+                 binary);
+        ws_close(ws, 1007, c->proto == WSFRAME_V1
+                               ? "malformed message for v1.kernel.websocket.jupyter.org"
+                               : "malformed Jupyter message");
         return;
     }
     s->last_activity_us = now_wall_us();

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
@@ -39,6 +40,46 @@ static int load_token(gw_t *gw) {
     return write_file_atomic(path, line, strlen(line), 0600);
 }
 
+/* After a crash: reattach the workers the journal lists that still run, then remove every
+ * other leftover of a previous run (containers, namespaces, disks, run dirs). */
+static int recover(gw_t *gw) {
+    zlistx_t *keep_workers = zlistx_new(), *keep_disks = zlistx_new();
+    if (!keep_workers || !keep_disks) {
+        zlistx_destroy(&keep_workers);
+        zlistx_destroy(&keep_disks);
+        return -ENOMEM;
+    }
+    zlistx_set_duplicator(keep_workers, (zlistx_duplicator_fn *)strdup);
+    zlistx_set_destructor(keep_workers, (zlistx_destructor_fn *)zstr_free);
+    zlistx_set_duplicator(keep_disks, (zlistx_duplicator_fn *)strdup);
+    zlistx_set_destructor(keep_disks, (zlistx_destructor_fn *)zstr_free);
+    if (gw->disks) {
+        int r = gw_journal_recover(gw, keep_workers, keep_disks);
+        if (r < 0)
+            log_warn("journal", "cannot read the journal; sweeping everything", "{s:s}", "error",
+                     strerror(-r));
+        gw_sandbox_sweep(gw, keep_workers, keep_disks);
+    }
+    /* Run dirs of workers that were not reattached. */
+    DIR *d = opendir(gw->run_root);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        bool keep = false;
+        for (const char *k = zlistx_first(keep_workers); k; k = zlistx_next(keep_workers))
+            keep = keep || streq(k, de->d_name);
+        char path[PATH_MAX];
+        if (!keep && xsnprintf(path, sizeof path, "%s/%s", gw->run_root, de->d_name) >= 0)
+            rm_rf(path);
+    }
+    if (d)
+        closedir(d);
+    zlistx_destroy(&keep_workers);
+    zlistx_destroy(&keep_disks);
+    return 0;
+}
+
 int gw_new(const gw_config_t *cfg, gw_t **ret) {
     gw_t *gw = calloc(1, sizeof *gw);
     if (!gw)
@@ -72,6 +113,11 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
     snprintf(gw->id_prefix, sizeof gw->id_prefix, "w%02x%02x", tag[0], tag[1]);
     if ((r = load_token(gw)) < 0)
         goto fail;
+    gw->loop = loop_new(4);
+    if (!gw->loop) {
+        r = -errno ? -errno : -ENOMEM;
+        goto fail;
+    }
     if (streq(cfg->launcher, "process")) {
         log_warn("gateway", "UNSANDBOXED process launcher: for development only", NULL);
         gw->launcher = launcher_process_new();
@@ -84,15 +130,8 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
         log_error("gateway", "cannot set up the sandbox", "{s:s}", "error", strerror(-r));
         goto fail;
     }
-    /* Leftovers of a previous run (kill -9): nothing of ours runs yet, so all of it goes. */
-    rm_rf_contents(gw->run_root);
-    if (gw->disks)
-        gw_sandbox_sweep(gw);
-    gw->loop = loop_new(4);
-    if (!gw->loop) {
-        r = -errno ? -errno : -ENOMEM;
+    if ((r = recover(gw)) < 0)
         goto fail;
-    }
     http_server_config_t hc = {
         .max_body_bytes = cfg->max_body_bytes,
         .max_outbuf_bytes = 4 * cfg->max_output_bytes + (1u << 20),
@@ -151,8 +190,10 @@ static void on_deadline(loop_t *loop, loop_watch_t *t, void *arg) {
 }
 
 void gw_maybe_finish_shutdown(gw_t *gw) {
-    if (gw->shutting_down && TAILQ_EMPTY(&gw->workers))
+    if (gw->shutting_down && TAILQ_EMPTY(&gw->workers)) {
+        gw->clean_exit = true;
         loop_stop(gw->loop);
+    }
 }
 
 void gw_shutdown(gw_t *gw) {
@@ -188,6 +229,8 @@ void gw_destroy(gw_t **gw_p) {
     zlistx_destroy(&gw->expired_order);
     if (gw->run_root[0])
         rm_rf_contents(gw->run_root);
+    if (gw->clean_exit)
+        gw_journal_remove(gw);
     gw_sandbox_fini(gw);
     if (gw->owns_launcher)
         launcher_destroy(&gw->launcher);

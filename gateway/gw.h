@@ -85,6 +85,7 @@ struct gw_worker {
     char disk_mount[PATH_MAX];
     char netns_path[PATH_MAX];
     struct fw_netns *netns;
+    bool netns_adopted; /* reattached: no handle, removed by name */
     char reserved_for[40]; /* kernel_id of the session this worker was started for, or "" */
     char owner_kernel_id[40]; /* session owning the disk at cleanup (to tell it when done) */
     uint64_t t_disk_us, t_netns_us;
@@ -291,6 +292,8 @@ struct gw {
     uint64_t *uid_used;
     uint32_t uid_count, uid_next;
     bool owns_launcher;
+    bool journal_pending;
+    bool clean_exit; /* every worker was stopped: the journal can go */
     char id_prefix[8]; /* "w" + 4 hex from the state dir: our netns/veth names, ours alone */
     uint32_t spawn_failures;     /* consecutive; reset when a worker becomes ready */
     loop_watch_t *backoff_timer; /* while set, no new workers are started */
@@ -299,12 +302,23 @@ struct gw {
 
 /* sandbox.c */
 int gw_sandbox_init(gw_t *gw);
-int gw_sandbox_sweep(gw_t *gw);
+/* Start-up sweep of everything of ours not in the keep lists (worker ids, disk names). */
+int gw_sandbox_sweep(gw_t *gw, zlistx_t *keep_workers, zlistx_t *keep_disks);
 void gw_sandbox_fini(gw_t *gw);
 int gw_sandbox_prepare(gw_worker_t *w);  /* work pool */
 void gw_sandbox_release(gw_worker_t *w); /* work pool */
 void gw_sandbox_remove_disk(gw_t *gw, const char *name);
 int gw_uid_slot_alloc(gw_t *gw, uint32_t *ret);
+int gw_uid_slot_take(gw_t *gw, uint32_t slot); /* -EEXIST if in use */
+
+/* journal.c */
+void gw_journal_touch(gw_t *gw); /* rewrite the journal at the end of this loop iteration */
+void gw_journal_remove(gw_t *gw);
+/* Reattach what the journal lists and still runs; fills the keep lists for the sweep. */
+int gw_journal_recover(gw_t *gw, zlistx_t *keep_workers, zlistx_t *keep_disks);
+/* A worker object for a container that outlived a previous gateway (journal.c). */
+int gw_worker_adopt(gw_t *gw, const char *id, const char *container, pid_t pid, int pidfd,
+                    const char *disk, uint32_t uid_slot, bool has_uid_slot, gw_worker_t **ret);
 void gw_uid_slot_free(gw_t *gw, uint32_t slot);
 
 /* Lifecycle (gateway.c). */

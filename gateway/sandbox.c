@@ -37,6 +37,15 @@ int gw_uid_slot_alloc(gw_t *gw, uint32_t *ret) {
     return -EAGAIN;
 }
 
+int gw_uid_slot_take(gw_t *gw, uint32_t slot) {
+    if (slot >= gw->uid_count)
+        return -ERANGE;
+    if (gw->uid_used[slot / 64] & (1ull << (slot % 64)))
+        return -EEXIST;
+    gw->uid_used[slot / 64] |= 1ull << (slot % 64);
+    return 0;
+}
+
 void gw_uid_slot_free(gw_t *gw, uint32_t slot) {
     if (slot < gw->uid_count)
         gw->uid_used[slot / 64] &= ~(1ull << (slot % 64));
@@ -157,17 +166,32 @@ int gw_sandbox_init(gw_t *gw) {
 
 /* Removes what a previous run left: containers, namespaces, disks. Runs before any worker of
  * ours exists, so nothing is kept. */
-int gw_sandbox_sweep(gw_t *gw) {
+int gw_sandbox_sweep(gw_t *gw, zlistx_t *keep_workers, zlistx_t *keep_disks) {
+    size_t nw = zlistx_size(keep_workers), nd = zlistx_size(keep_disks);
+    const char **kw = calloc(nw + 1, sizeof *kw), **kd = calloc(nd + 1, sizeof *kd);
+    if (!kw || !kd) {
+        free(kw);
+        free(kd);
+        return -ENOMEM;
+    }
+    size_t i = 0;
+    for (const char *k = zlistx_first(keep_workers); k; k = zlistx_next(keep_workers))
+        kw[i++] = k;
+    i = 0;
+    for (const char *k = zlistx_first(keep_disks); k; k = zlistx_next(keep_disks))
+        kd[i++] = k;
     unsigned containers = 0;
-    int r = launcher_runc_sweep(gw->launcher, NULL, &containers);
+    int r = launcher_runc_sweep(gw->launcher, kw, &containers);
     if (r < 0)
         log_warn("sandbox", "container sweep incomplete", "{s:s}", "error", strerror(-r));
     unsigned netns = 0;
-    r = fw_sweep(&gw->fw, gw->id_prefix, NULL, 0, &netns);
+    r = fw_sweep(&gw->fw, gw->id_prefix, kw, nw, &netns);
     if (r < 0)
         log_warn("sandbox", "namespace sweep incomplete", "{s:s}", "error", strerror(-r));
     disk_gc_stats_t ds = {0};
-    r = disk_mgr_gc(gw->disks, NULL, 0, &ds);
+    r = disk_mgr_gc(gw->disks, kd, nd, &ds);
+    free(kw);
+    free(kd);
     if (r < 0)
         log_warn("sandbox", "disk sweep incomplete", "{s:s}", "error", strerror(-r));
     if (containers || netns || ds.mounts || ds.loops || ds.images)
@@ -241,6 +265,8 @@ void gw_sandbox_release(gw_worker_t *w) {
             log_warn("sandbox", "namespace removal failed", "{s:s,s:s}", "worker", w->id,
                      "error", strerror(-r));
         fw_netns_destroy(&w->netns);
+    } else if (w->netns_adopted) {
+        fw_netns_delete(&gw->fw, w->id); /* reattached after a gateway restart: by name */
     }
     if (gw->disks && w->disk_name[0] && (w->disk_ready || !w->disk_keep)) {
         int r = w->disk_keep ? disk_mgr_detach(gw->disks, w->disk_name)

@@ -277,6 +277,7 @@ void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
         w->has_uid_slot = false;
         snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s", s->kernel_id);
     }
+    gw_journal_touch(s->gw);
     snprintf(s->execution_state, sizeof s->execution_state, "idle");
     gw_channels_flush(s);
     gw_pending_t *p;
@@ -307,6 +308,7 @@ void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
 
 static void session_free(gw_session_t *s) {
     gw_t *gw = s->gw;
+    gw_journal_touch(gw);
     if (s->has_uid_slot)
         gw_uid_slot_free(gw, s->uid_slot);
     /* A disk whose worker is gone (or still detaching: its cleanup removes it then). */

@@ -136,6 +136,7 @@ static void check_ready(gw_worker_t *w) {
     double secs = (double)(w->ready_us - w->created_us) / 1e6;
     gw_hist_observe(&gw->metrics.worker_start_seconds, secs);
     gw->metrics.workers_started++;
+    gw_journal_touch(gw);
     log_info("worker", "worker ready", "{s:s,s:i}", "worker", w->id, "start_ms",
              (int)((w->ready_us - w->created_us) / 1000));
     gw_pool_on_worker_ready(gw, w);
@@ -254,6 +255,64 @@ static int connect_channels(gw_worker_t *w) {
             return -errno ? -errno : -ENOMEM;
     }
     return 0;
+}
+
+static void launch_done(loop_t *loop, void *arg);
+
+int gw_worker_adopt(gw_t *gw, const char *id, const char *container, pid_t pid, int pidfd,
+                    const char *disk, uint32_t uid_slot, bool has_uid_slot, gw_worker_t **ret) {
+    gw_worker_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    w->gw = gw;
+    w->proc.pid = -1;
+    w->proc.pidfd = -1;
+    snprintf(w->id, sizeof w->id, "%s", id);
+    uuid4(w->zsession);
+    w->created_us = now_mono_us();
+    int r;
+    if ((r = xsnprintf(w->run_dir, sizeof w->run_dir, "%s/%s", gw->run_root, w->id)) < 0 ||
+        (r = xsnprintf(w->conn_file, sizeof w->conn_file, "%s/kernel.json", w->run_dir)) < 0 ||
+        (r = jwire_conn_read(w->conn_file, &w->conn)) < 0 ||
+        (r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
+        goto fail;
+    if ((r = wait_for_sockets(w, 0)) < 0)
+        goto fail;
+    w->signer = jwire_signer_new(w->conn.signature_scheme, w->conn.key, strlen(w->conn.key));
+    w->replay = jwire_replay_new(4096);
+    if (!w->signer || !w->replay) {
+        r = -ENOMEM;
+        goto fail;
+    }
+    if (has_uid_slot && (r = gw_uid_slot_take(gw, uid_slot)) < 0)
+        goto fail;
+    w->uid_slot = uid_slot;
+    w->has_uid_slot = has_uid_slot;
+    snprintf(w->disk_name, sizeof w->disk_name, "%s", disk);
+    w->disk_ready = true;
+    w->netns_adopted = true;
+    w->spec = (launcher_spec_t){.worker_id = w->id,
+                                .run_dir = w->run_dir,
+                                .conn_file = w->conn_file,
+                                .kernel = gw->cfg.kernel,
+                                .python = gw->cfg.python,
+                                .uid = gw->cfg.uid_base + uid_slot};
+    w->proc.pid = pid;
+    w->proc.pidfd = pidfd;
+    snprintf(w->proc.container_id, sizeof w->proc.container_id, "%s", container);
+    w->launched = true;
+    w->state = WORKER_STARTING;
+    TAILQ_INSERT_TAIL(&gw->workers, w, link);
+    gw->nworkers_live++;
+    w->start_timer =
+        loop_timer_add(gw->loop, gw->cfg.worker_start_timeout_ms, 0, on_start_timeout, w);
+    launch_done(gw->loop, w);
+    *ret = w;
+    return 0;
+fail:
+    w->proc.pidfd = -1; /* the caller still owns it */
+    worker_free(w);
+    return r;
 }
 
 static void launch_done(loop_t *loop, void *arg) {
@@ -447,6 +506,7 @@ void gw_worker_destroy(gw_worker_t *w, const char *reason) {
     if (w->launched)
         gw->launcher->kill(gw->launcher, &w->proc);
     w->state = WORKER_STOPPING;
+    gw_journal_touch(gw);
     log_debug("worker", "worker stopping", "{s:s,s:s}", "worker", w->id, "reason", reason);
     if (loop_work_submit(gw->loop, cleanup_work, cleanup_done, w) < 0) {
         cleanup_work(w);

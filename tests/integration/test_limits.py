@@ -44,8 +44,9 @@ def test_queue_limit_429(make_gateway):
 
 
 def test_pool_full_503_retry_after(make_gateway):
-    g = make_gateway(["--min-idle-workers", "0", "--max-total-workers", "1",
+    g = make_gateway(["--min-idle-workers", "1", "--max-total-workers", "1",
                       "--acquire-timeout-ms", "1500"]).start()
+    g.wait_status(lambda s: s["idle_workers"] == 1)
     a, b = uid(), uid()
     assert g.execute(a, "1").status_code == 200
     t0 = time.time()

@@ -593,6 +593,11 @@ def test_kill_cleanup_and_sweep(env):
     try:
         # /sandbox without a disk is the bundle's own tmpfs, still owned by the worker.
         assert a.json("import os; s = os.stat('/sandbox'); print(s.st_uid)") == UID_BASE + 3
+        # b's disk was mounted on the host after the main worker started: it must not have
+        # propagated into the main worker's mount namespace.
+        mi = env.main.json("import json; print(json.dumps(open('/proc/self/mountinfo').read()))")
+        assert b.wid not in mi and a.wid not in mi
+        assert sum(1 for l in mi.splitlines() if l.split()[4] == "/sandbox") == 1
         a.stop()  # kill through the pidfd, pidfd readable, cleanup: container + cgroups gone
         assert b.wid in runc_ids(env.state)
         # A gateway restart: everything but the kept kernel goes.

@@ -1,0 +1,622 @@
+"""The Jupyter Server kernels API (REST + WebSocket channels) of the real gateway, checked
+against what jupyter_server 1.23 and its gateway client, @jupyterlab/services and plain
+websocket clients expect: status codes and shapes, auth forms, both WebSocket formats with
+binary buffers, several clients per kernel, /execute sessions seen from the channels, bad
+input, slow clients, idle release and a full pool.
+"""
+import concurrent.futures
+import datetime
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import websocket
+
+from conftest import uid
+from jupyter_ws import (ECHO_TARGET_CODE, UUID_RE, V1, ConnectionClosed, KernelWS, stdout_of,
+                        types_of)
+
+MODEL_KEYS = {"id", "name", "last_activity", "execution_state", "connections"}
+
+
+def api(g, method, path, token=True, **kw):
+    headers = kw.pop("headers", {})
+    if token is True:
+        headers.setdefault("Authorization", f"token {g.token}")
+    kw.setdefault("timeout", 60)
+    return requests.request(method, g.url + path, headers=headers, **kw)
+
+
+def new_kernel(g, **body):
+    r = api(g, "POST", "/api/kernels", json=body or {"name": "python3"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def check_model(m):
+    assert set(m) == MODEL_KEYS, m
+    assert UUID_RE.match(m["id"]), m["id"]
+    assert m["name"] == "python3"
+    # Exactly what jupyter_server's gateway client parses; anything else breaks its listing.
+    datetime.datetime.strptime(m["last_activity"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert len(m["last_activity"]) == len("2024-01-02T03:04:05.123456Z")
+    assert m["execution_state"] in ("starting", "idle", "busy", "restarting", "dead")
+    assert type(m["connections"]) is int
+
+
+def ws(g, kid, **kw):
+    kw.setdefault("token", g.token)
+    return KernelWS(g.url, kid, **kw)
+
+
+def gateway_rss_kb(g):
+    with open(f"/proc/{g.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# ---- REST --------------------------------------------------------------------------------
+
+
+def test_api_root_and_kernelspecs(gw):
+    r = api(gw, "GET", "/api")
+    assert r.status_code == 200 and "version" in r.json()
+    # The gateway client adds ?user=...; unknown query parameters are ignored everywhere.
+    r = api(gw, "GET", "/api/kernelspecs?user=alice&x=1")
+    assert r.status_code == 200, r.text
+    specs = r.json()
+    assert specs["default"] == "python3"
+    spec = specs["kernelspecs"]["python3"]
+    assert spec["name"] == "python3"
+    for k in ("argv", "display_name", "language", "interrupt_mode", "env", "metadata"):
+        assert k in spec["spec"], k
+    assert spec["spec"]["language"] == "python"
+    assert "resources" in spec
+    r = api(gw, "GET", "/api/kernelspecs/python3?user=alice")
+    assert r.status_code == 200 and r.json()["name"] == "python3"
+    assert api(gw, "GET", "/api/kernelspecs/nope").status_code == 404
+
+
+def test_auth_forms(gw):
+    ok = [
+        {"headers": {"Authorization": f"token {gw.token}"}},
+        {"headers": {"Authorization": f"Bearer {gw.token}"}},
+        {"params": {"token": gw.token}},
+    ]
+    for kw in ok:
+        r = api(gw, "GET", "/api/kernels", token=False, **kw)
+        assert r.status_code == 200, (kw, r.status_code)
+    bad = [
+        {},
+        {"headers": {"Authorization": "token nope"}},
+        {"headers": {"Authorization": f"Basic {gw.token}"}},
+        {"params": {"token": gw.token + "x"}},
+    ]
+    for kw in bad:
+        r = api(gw, "GET", "/api/kernels", token=False, **kw)
+        assert r.status_code in (401, 403), (kw, r.status_code)
+        assert "error" in r.json()
+    # The channels endpoint is guarded the same way, before any upgrade.
+    kid = new_kernel(gw)
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        KernelWS(gw.url, kid, token=None)
+    assert e.value.status_code in (401, 403)
+    c = ws(gw, kid, header_token=False)  # ?token=
+    assert c.execute("1")[0]["content"]["status"] == "ok"
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_kernel_lifecycle_status_codes_and_shapes(gw):
+    t0 = time.time()
+    r = api(gw, "POST", "/api/kernels?unknown=1", json={"name": "python3"})
+    assert r.status_code == 201, r.text
+    assert time.time() - t0 < 30
+    m = r.json()
+    check_model(m)
+    kid = m["id"]
+    assert r.headers["Location"] == f"/api/kernels/{kid}"
+    assert r.headers["Content-Type"].startswith("application/json")
+
+    lst = api(gw, "GET", "/api/kernels?user=x")
+    assert lst.status_code == 200
+    mine = [k for k in lst.json() if k["id"] == kid]
+    assert len(mine) == 1
+    for k in lst.json():
+        check_model(k)
+
+    r = api(gw, "GET", f"/api/kernels/{kid}")
+    assert r.status_code == 200
+    check_model(r.json())
+    assert r.json()["connections"] == 0
+
+    r = api(gw, "POST", f"/api/kernels/{kid}/interrupt", json={})
+    assert r.status_code == 204 and r.content == b""
+    r = api(gw, "POST", f"/api/kernels/{kid}/restart", json={})
+    assert r.status_code == 200, r.text
+    check_model(r.json())
+    assert r.json()["id"] == kid
+
+    r = api(gw, "DELETE", f"/api/kernels/{kid}")
+    assert r.status_code == 204 and r.content == b""
+    assert api(gw, "GET", f"/api/kernels/{kid}").status_code == 404
+    assert api(gw, "DELETE", f"/api/kernels/{kid}").status_code == 404
+    assert all(k["id"] != kid for k in api(gw, "GET", "/api/kernels").json())
+
+
+def test_create_without_body_and_optional_fields(gw):
+    r = api(gw, "POST", "/api/kernels")  # JupyterLab may send no body: the default kernel
+    assert r.status_code == 201, r.text
+    kid = r.json()["id"]
+    r2 = api(gw, "POST", "/api/kernels", json={"name": "python3", "path": "nb/x.ipynb"})
+    assert r2.status_code == 201, r2.text
+    assert r2.json()["id"] != kid
+    for k in (kid, r2.json()["id"]):
+        assert api(gw, "DELETE", f"/api/kernels/{k}").status_code == 204
+
+
+def test_unknown_and_malformed_ids_are_404(gw):
+    fake = str(uuid.uuid4())
+    for method, path in [
+        ("GET", f"/api/kernels/{fake}"),
+        ("DELETE", f"/api/kernels/{fake}"),
+        ("POST", f"/api/kernels/{fake}/interrupt"),
+        ("POST", f"/api/kernels/{fake}/restart"),
+        ("GET", f"/api/kernels/{fake}/channels"),
+        ("GET", "/api/kernels/not-a-uuid"),
+        ("GET", "/api/kernels/" + "a" * 5000),
+        ("GET", "/api/kernels/%2e%2e%2fetc"),
+        ("GET", "/api/kernels/%00"),
+    ]:
+        r = api(gw, method, path, json={} if method == "POST" else None)
+        assert r.status_code in (404, 414, 431, 400), (method, path[:60], r.status_code)
+        if r.status_code == 404:
+            assert "error" in r.json()
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        ws(gw, fake)
+    assert e.value.status_code == 404
+    kid = new_kernel(gw)
+    assert api(gw, "GET", f"/api/kernels/{kid}/nope").status_code == 404
+    assert api(gw, "GET", f"/api/kernels/{kid}/interrupt").status_code == 405
+    assert api(gw, "DELETE", f"/api/kernels/{kid}").status_code == 204
+
+
+def test_create_validation(gw):
+    assert api(gw, "POST", "/api/kernels", json={"name": "nope"}).status_code == 404
+    r = api(gw, "POST", "/api/kernels", data="{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    assert api(gw, "POST", "/api/kernels", json=[1]).status_code == 400
+    assert api(gw, "POST", "/api/kernels", json={"name": "python3", "env": "x"}).status_code == 400
+    assert api(gw, "POST", "/api/kernels", json={"name": 3}).status_code == 400
+
+
+def test_env_allow_list(gw):
+    # What jupyter_server's gateway client sends: every KERNEL_* of its environment, paths of
+    # its own host, plus whatever env_whitelist adds. None of it may reach or steer the kernel.
+    env = {"KERNEL_USERNAME": "alice", "KERNEL_WORKING_DIR": "/etc", "KERNEL_LAUNCH_TIMEOUT": "40",
+           "KERNEL_ID": "should-not-be-used", "LD_PRELOAD": "/tmp/evil.so", "PATH": "/evil",
+           "PYTHONPATH": "/evil", "PYTHONSTARTUP": "/evil.py"}
+    for i in range(40):
+        env[f"KERNEL_EXTRA_{i}"] = "v" * 100
+    r = api(gw, "POST", "/api/kernels", json={"name": "python3", "env": env})
+    assert r.status_code == 201, r.text
+    kid = r.json()["id"]
+    assert kid != "should-not-be-used" and UUID_RE.match(kid)
+    c = ws(gw, kid)
+    reply, iopub = c.execute(
+        "import os, json\n"
+        "print(json.dumps({k: os.environ.get(k) for k in "
+        "['LD_PRELOAD', 'PYTHONPATH', 'PYTHONSTARTUP', 'KERNEL_WORKING_DIR']} | "
+        "{'cwd': os.getcwd(), 'path': os.environ.get('PATH')}))")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    seen = json.loads(stdout_of(iopub))
+    assert seen["LD_PRELOAD"] is None and seen["PYTHONPATH"] is None
+    assert seen["PYTHONSTARTUP"] is None and seen["KERNEL_WORKING_DIR"] is None
+    assert seen["cwd"] != "/etc"
+    assert "/evil" not in (seen["path"] or "")
+    c.close()
+    # A bounded number of keys and bytes: a huge env is refused, not stored.
+    huge = {f"KERNEL_K{i}": "x" for i in range(5000)}
+    r = api(gw, "POST", "/api/kernels", json={"name": "python3", "env": huge})
+    assert r.status_code in (400, 413), r.status_code
+    r = api(gw, "POST", "/api/kernels", json={"name": "python3", "env": {"KERNEL_X": {"a": 1}}})
+    assert r.status_code in (201, 400), r.status_code
+    if r.status_code == 201:
+        api(gw, "DELETE", f"/api/kernels/{r.json()['id']}")
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+# ---- channels ----------------------------------------------------------------------------
+
+
+def test_channels_legacy_without_session_id(gw):
+    kid = new_kernel(gw)
+    c = ws(gw, kid)  # no session_id, no subprotocol: what the gateway client does
+    assert c.proto == ""
+    info, _ = c.request("shell", "kernel_info_request")
+    assert info["content"]["status"] == "ok"
+    assert info["content"]["language_info"]["name"] == "python"
+    assert float(info["content"]["protocol_version"]) >= 5.3
+    reply, iopub = c.execute(
+        "print('hi')\n"
+        "from IPython.display import display\n"
+        "display({'text/plain': 'p', 'text/html': '<i>h</i>'}, raw=True)\n"
+        "6 * 7")
+    assert reply["channel"] == "shell"
+    assert reply["content"]["status"] == "ok"
+    assert reply["parent_header"]["session"] == c.session  # the client's header, unchanged
+    t = types_of(iopub)
+    assert t[0] == "status" and t[-1] == "status"
+    assert "execute_input" in t and "display_data" in t and "execute_result" in t
+    assert stdout_of(iopub) == "hi\n"
+    dd = next(m for m in iopub if m["header"]["msg_type"] == "display_data")
+    assert dd["content"]["data"]["text/html"] == "<i>h</i>"
+    er = next(m for m in iopub if m["header"]["msg_type"] == "execute_result")
+    assert er["content"]["data"]["text/plain"] == "42"
+    assert all(not m["_binary"] for m in c.seen)  # no buffers: text frames
+    # Control channel and session_id on the URL work too.
+    c2 = ws(gw, kid, session_id="my-session")
+    rep, _ = c2.request("control", "kernel_info_request")
+    assert rep["channel"] == "control" and rep["content"]["status"] == "ok"
+    assert rep["parent_header"]["session"] == "my-session"
+    c.close()
+    c2.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+@pytest.mark.parametrize("subprotocols", [None, [V1], ["bogus.example", V1]])
+def test_buffers_round_trip(gw, subprotocols):
+    kid = new_kernel(gw)
+    c = ws(gw, kid, subprotocols=subprotocols)
+    assert c.proto == (V1 if subprotocols else "")
+    assert c.execute(ECHO_TARGET_CODE)[0]["content"]["status"] == "ok"
+    comm_id = uuid.uuid4().hex
+    c.send("shell", "comm_open", {"comm_id": comm_id, "target_name": "kbox_echo", "data": {}})
+    big = bytes((i * 7) & 0xFF for i in range(300000))
+    bufs = [b"\x00\x01\x02\xff", big, b""]
+    c.send("shell", "comm_msg", {"comm_id": comm_id, "data": {"k": "v"}}, buffers=bufs)
+    m = c.wait_for(lambda m: m["header"]["msg_type"] == "comm_msg" and
+                   m["content"].get("comm_id") == comm_id, what="echoed comm_msg")
+    assert m["channel"] == "iopub"
+    assert m["_binary"]
+    assert m["content"]["data"]["echo"] == {"k": "v"}
+    assert m["content"]["data"]["sizes"] == [4, len(big), 0]
+    assert [bytes(b) for b in m["buffers"]] == [b[::-1] for b in bufs]
+    if c.proto == V1:
+        assert all(x["_binary"] for x in c.seen)
+    # The kernel is fine afterwards.
+    assert stdout_of(c.execute("print(2 + 2)")[1]) == "4\n"
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_two_clients_share_iopub_replies_go_to_the_asker(gw):
+    kid = new_kernel(gw)
+    a = ws(gw, kid)
+    b = ws(gw, kid, subprotocols=[V1])  # one legacy, one v1: each gets its own format
+    model = api(gw, "GET", f"/api/kernels/{kid}").json()
+    assert model["connections"] == 2
+    reply, iopub = a.execute("print('for everyone')")
+    assert stdout_of(iopub) == "for everyone\n"
+    mid = reply["parent_header"]["msg_id"]
+    got = b.wait_for(lambda m: m["header"]["msg_type"] == "stream", what="stream on b")
+    assert got["content"]["text"] == "for everyone\n"
+    assert got["parent_header"]["msg_id"] == mid
+    b.wait_for(lambda m: m["header"]["msg_type"] == "status" and
+               m["content"]["execution_state"] == "idle" and
+               m["parent_header"].get("msg_id") == mid, what="idle on b")
+    # b never gets a's execute_reply; its own request gets its own reply.
+    rb, _ = b.execute("print('b')")
+    assert rb["content"]["status"] == "ok"
+    assert not any(m["channel"] == "shell" and m["parent_header"].get("msg_id") == mid
+                   for m in b.seen)
+    a.wait_for(lambda m: m["header"]["msg_type"] == "stream" and m["content"]["text"] == "b\n",
+               what="b's output on a")
+    a.close()
+    b.close()
+    deadline = time.time() + 10
+    while api(gw, "GET", f"/api/kernels/{kid}").json()["connections"] != 0:
+        assert time.time() < deadline, "connections not back to 0"
+        time.sleep(0.05)
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_execute_session_visible_over_channels(gw):
+    u = uid()
+    r = gw.execute(u, "agent_var = 41")
+    assert r.status_code == 200, r.text
+    kid = r.json()["kernel_id"]
+    assert UUID_RE.match(kid)
+    listed = [k for k in api(gw, "GET", "/api/kernels").json() if k["id"] == kid]
+    assert len(listed) == 1
+    check_model(listed[0])
+    c = ws(gw, kid)
+    reply, iopub = c.execute("agent_var += 1\nprint(agent_var)")
+    assert stdout_of(iopub) == "42\n"
+    # The agent sees the person's change, and the person watches the agent's output live.
+    r = gw.execute(u, "print('agent says', agent_var)")
+    assert r.json()["stdout"] == "agent says 42\n"
+    m = c.wait_for(lambda m: m["header"]["msg_type"] == "stream" and
+                   "agent says" in m["content"]["text"], what="agent output on the WebSocket")
+    assert m["content"]["text"] == "agent says 42\n"
+    # Same kernel on both sides, no reset.
+    assert r.json()["kernel_id"] == kid and r.json()["session_reset"] is False
+    c.close()
+    assert gw.release(u).status_code == 200
+    assert api(gw, "GET", f"/api/kernels/{kid}").status_code == 404
+
+
+def test_interrupt_and_restart_over_the_channels(gw):
+    kid = new_kernel(gw)
+    c = ws(gw, kid)
+    c.execute("kept = 7")
+    mid = c.send("shell", "execute_request",
+                 {"code": "import time\nfor _ in range(600): time.sleep(0.1)", "silent": False,
+                  "store_history": True, "user_expressions": {}, "allow_stdin": False,
+                  "stop_on_error": True})
+    c.wait_for(lambda m: m["header"]["msg_type"] == "execute_input", what="running")
+    time.sleep(0.2)
+    t0 = time.time()
+    assert api(gw, "POST", f"/api/kernels/{kid}/interrupt").status_code == 204
+    rep = c.wait_for(lambda m: m["header"]["msg_type"] == "execute_reply" and
+                     m["parent_header"]["msg_id"] == mid, timeout=15, what="interrupted reply")
+    assert rep["content"]["status"] == "error"
+    assert rep["content"]["ename"] == "KeyboardInterrupt"
+    assert time.time() - t0 < 10
+    assert stdout_of(c.execute("print(kept)")[1]) == "7\n"
+
+    old_session = c.seen[-1]["header"]["session"]
+    r = api(gw, "POST", f"/api/kernels/{kid}/restart")
+    assert r.status_code == 200
+    # The gateway itself tells the connected client, as Jupyter Server does.
+    c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
+               m["content"]["execution_state"] == "restarting", what="restarting status")
+    assert api(gw, "GET", f"/api/kernels/{kid}").json()["execution_state"] in ("idle", "starting", "busy")
+    # Same WebSocket, fresh kernel.
+    reply, iopub = c.execute("print('kept' in globals())")
+    assert stdout_of(iopub) == "False\n"
+    assert reply["header"]["session"] != old_session
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_kernel_death_auto_restarts_with_status(gw):
+    kid = new_kernel(gw)
+    c = ws(gw, kid)
+    c.execute("x = 1")
+    c.send("shell", "execute_request", {"code": "import os; os._exit(1)", "silent": False,
+                                        "store_history": True, "user_expressions": {},
+                                        "allow_stdin": False, "stop_on_error": True})
+    c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
+               m["content"]["execution_state"] == "restarting", timeout=30,
+               what="restarting after the kernel died")
+    reply, iopub = c.execute("print('x' in globals())", timeout=60)
+    assert stdout_of(iopub) == "False\n"
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_stdin_input_request_round_trip(gw):
+    kid = new_kernel(gw)
+    c = ws(gw, kid)
+    mid = c.send("shell", "execute_request",
+                 {"code": "v = input('name? ')\nprint('got', v)", "silent": False,
+                  "store_history": True, "user_expressions": {}, "allow_stdin": True,
+                  "stop_on_error": True})
+    req = c.wait_for(lambda m: m["channel"] == "stdin", what="input_request")
+    assert req["header"]["msg_type"] == "input_request"
+    assert req["content"]["prompt"] == "name? "
+    c.send("stdin", "input_reply", {"value": "kbox"})
+    c.wait_for(lambda m: m["header"]["msg_type"] == "execute_reply" and
+               m["parent_header"]["msg_id"] == mid, what="reply")
+    assert any(m["header"]["msg_type"] == "stream" and m["content"]["text"] == "got kbox\n"
+               for m in c.seen)
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_delete_closes_clients(gw):
+    kid = new_kernel(gw)
+    c = ws(gw, kid)
+    c.execute("1")
+    assert api(gw, "DELETE", f"/api/kernels/{kid}").status_code == 204
+    code = c.wait_closed(timeout=15)
+    assert code in (1000, 1001), code
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+BAD_FRAMES = [
+    ("not json", False),
+    ("[1, 2, 3]", False),
+    (json.dumps({"channel": "shell"}), False),  # no header
+    (json.dumps({"channel": "nope", "header": {"msg_id": "x", "msg_type": "execute_request"},
+                 "parent_header": {}, "metadata": {}, "content": {}}), False),
+    (json.dumps({"channel": "shell", "header": {"msg_type": "execute_request"},
+                 "parent_header": {}, "metadata": {}, "content": {}}), False),  # no msg_id
+    (json.dumps({"channel": "shell", "header": {"msg_id": "x", "msg_type": "execute_request"},
+                 "parent_header": {}, "metadata": {}, "content": "code"}), False),
+    ("\xff\xfe" + "{}", False),
+    (b"\x00", True),
+    (struct.pack(">I", 5) + b"\x00" * 8, True),  # offsets past the end
+    (struct.pack(">I", 2) + struct.pack(">II", 12, 4) + b"{}", True),  # decreasing offsets
+    (struct.pack(">I", 0xFFFFFFFF) + b"\x00" * 64, True),
+]
+
+
+@pytest.mark.parametrize("frame,binary", BAD_FRAMES)
+def test_bad_frames_error_without_harming_the_kernel(gw, frame, binary):
+    kid = new_kernel(gw)
+    watcher = ws(gw, kid)
+    watcher.execute("state = 'alive'")
+    bad = ws(gw, kid)
+    bad.send_raw(frame, binary)
+    # The sender gets an error: its connection is closed with "invalid payload".
+    assert bad.wait_closed(timeout=10) == 1007
+    # Other clients and the kernel's state are untouched.
+    assert stdout_of(watcher.execute("print(state)")[1]) == "alive\n"
+    again = ws(gw, kid)
+    assert stdout_of(again.execute("print(state)")[1]) == "alive\n"
+    for c in (watcher, again):
+        c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_bad_v1_frames(gw):
+    kid = new_kernel(gw)
+    garbage = [
+        b"\x00" * 7,
+        struct.pack("<Q", 6) + b"\x00" * 8,  # count says 6, no room for the offsets
+        struct.pack("<Q", 1 << 62) + b"\x00" * 64,
+        struct.pack("<Q", 6) + b"".join(struct.pack("<Q", o) for o in (56, 61, 70, 60, 62, 63)) +
+        b"shell" + b"{}" * 4,
+    ]
+    for g_ in garbage:
+        c = ws(gw, kid, subprotocols=[V1])
+        c.send_raw(g_, True)
+        assert c.wait_closed(timeout=10) == 1007
+    c = ws(gw, kid, subprotocols=[V1])
+    c.send_raw('{"channel": "shell"}', False)  # text frames are not v1
+    assert c.wait_closed(timeout=10) == 1007
+    c = ws(gw, kid, subprotocols=[V1])
+    assert stdout_of(c.execute("print('fine')")[1]) == "fine\n"
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_oversized_frame_is_refused(make_gateway):
+    g = make_gateway(["--min-idle-workers", "1", "--max-body-bytes", "65536"]).start()
+    kid = new_kernel(g)
+    c = ws(g, kid)
+    c.execute("state = 1")
+    big = ws(g, kid)
+    msg_code = "x = '" + "a" * 200000 + "'"
+    try:
+        big.send("shell", "execute_request", {"code": msg_code, "silent": False,
+                                              "store_history": True, "user_expressions": {},
+                                              "allow_stdin": False, "stop_on_error": True})
+        code = big.wait_closed(timeout=10)
+    except (BrokenPipeError, ConnectionResetError, websocket.WebSocketConnectionClosedException):
+        code = big.close_code
+    assert code in (1009, None), code  # "message too big" (None: reset while still sending)
+    assert stdout_of(c.execute("print(state, 'x' in globals())")[1]) == "1 False\n"
+    c.close()
+
+
+# ---- resources ---------------------------------------------------------------------------
+
+
+def test_slow_client_cannot_grow_gateway_memory(make_gateway):
+    g = make_gateway(["--min-idle-workers", "1", "--max-output-bytes", "65536"]).start()
+    kid = new_kernel(g)
+    slow = ws(g, kid)
+    slow.ws.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    fast = ws(g, kid)
+    base = gateway_rss_kb(g)
+    # ~400 MB of iopub output; the slow client reads nothing meanwhile.
+    reply, _ = fast.request(
+        "shell", "execute_request",
+        {"code": "import sys\nchunk = 'z' * (1 << 20)\nfor _ in range(400): sys.stdout.write(chunk)\n"
+                 "sys.stdout.flush()\nprint('done')",
+         "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
+         "stop_on_error": True}, timeout=180)
+    assert reply["content"]["status"] == "ok"
+    peak = gateway_rss_kb(g)
+    # Bounded by the per-client outbound limit (tens of MB), not by the 400 MB produced.
+    assert peak - base < 150 * 1024, (base, peak)
+    # The slow client was cut off (its close frame may be lost behind the unread data).
+    deadline = time.time() + 30
+    while api(g, "GET", f"/api/kernels/{kid}").json()["connections"] != 1:
+        assert time.time() < deadline, "slow client still connected"
+        time.sleep(0.1)
+    try:
+        slow.wait_closed(timeout=60)
+    except AssertionError:
+        raise
+    # The kernel and the other client are fine.
+    assert stdout_of(fast.execute("print('ok')")[1]) == "ok\n"
+    fast.close()
+
+
+def test_idle_rule_same_for_both_apis(make_gateway):
+    g = make_gateway(["--min-idle-workers", "1", "--idle-timeout-s", "2"]).start()
+    idle_kid = new_kernel(g)
+    watched_kid = new_kernel(g)
+    c = ws(g, watched_kid)
+    u = uid()
+    agent_kid = g.execute(u, "a = 1").json()["kernel_id"]
+    watched_agent = ws(g, agent_kid)
+    time.sleep(5)
+    # No execution and no WebSocket: released. An open WebSocket keeps either kind alive.
+    assert api(g, "GET", f"/api/kernels/{idle_kid}").status_code == 404
+    assert api(g, "GET", f"/api/kernels/{watched_kid}").status_code == 200
+    assert api(g, "GET", f"/api/kernels/{agent_kid}").status_code == 200
+    assert stdout_of(watched_agent.execute("print(a)")[1]) == "1\n"
+    r = g.execute(u, "print(a)")
+    assert r.json()["stdout"] == "1\n" and r.json()["session_reset"] is False
+    # Once the last WebSocket closes, the same rule applies.
+    c.close()
+    watched_agent.close()
+    time.sleep(5)
+    assert api(g, "GET", f"/api/kernels/{watched_kid}").status_code == 404
+    assert api(g, "GET", f"/api/kernels/{agent_kid}").status_code == 404
+    r = g.execute(u, "print('a' in globals())")
+    assert r.json()["stdout"] == "False\n" and r.json()["session_reset"] is True
+
+
+def test_pool_full_is_a_clear_503(make_gateway):
+    g = make_gateway(["--min-idle-workers", "0", "--max-total-workers", "1",
+                      "--acquire-timeout-ms", "2000"]).start()
+    kid = new_kernel(g)
+    t0 = time.time()
+    r = api(g, "POST", "/api/kernels", json={"name": "python3"})
+    took = time.time() - t0
+    assert r.status_code == 503, r.text
+    assert took < 10
+    assert r.headers.get("Retry-After")
+    assert "error" in r.json()
+    ids = [k["id"] for k in api(g, "GET", "/api/kernels").json()]
+    assert ids == [kid]  # the refused kernel left nothing behind
+    assert api(g, "DELETE", f"/api/kernels/{kid}").status_code == 204
+    assert new_kernel(g)
+
+
+def test_pool_full_answers_well_inside_40s_by_default(make_gateway):
+    # jupyter_server's gateway client gives up after 42 s: the default must answer first.
+    g = make_gateway(["--min-idle-workers", "0", "--max-total-workers", "1"]).start()
+    new_kernel(g)
+    t0 = time.time()
+    r = api(g, "POST", "/api/kernels", json={"name": "python3"}, timeout=60)
+    assert r.status_code == 503
+    assert time.time() - t0 < 30
+
+
+def test_dead_status_when_no_worker_can_be_had(make_gateway):
+    g = make_gateway(["--min-idle-workers", "0", "--max-total-workers", "2",
+                      "--acquire-timeout-ms", "3000"]).start()
+    a = new_kernel(g)
+    new_kernel(g)
+    c = ws(g, a)
+    c.execute("1")
+    # A third kernel waits for a worker; then a's kernel dies and a queues behind it.
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        third = ex.submit(api, g, "POST", "/api/kernels", json={"name": "python3"})
+        g.wait_status(lambda s: s.get("waiting_sessions", 0) == 1, timeout=10)
+        c.send("shell", "execute_request", {"code": "import os; os._exit(1)", "silent": False,
+                                            "store_history": True, "user_expressions": {},
+                                            "allow_stdin": False, "stop_on_error": True})
+        c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
+                   m["content"]["execution_state"] == "restarting", what="restarting")
+        c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
+                   m["content"]["execution_state"] == "dead", timeout=20, what="dead")
+        assert third.result().status_code == 201
+    assert api(g, "GET", f"/api/kernels/{a}").json()["execution_state"] == "dead"
+    c.close()
