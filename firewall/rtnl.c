@@ -93,8 +93,8 @@ static int talk(fw_rtnl_t *nl, req_t *r, reply_cb_t cb, void *ctx) {
     if (!buf)
         return -ENOMEM;
     /* NLM_F_DUMP's bits mean NLM_F_EXCL|NLM_F_REPLACE on NEW requests: only a GET dumps. */
-    bool dump = (r->h.nlmsg_type - RTM_BASE) % 4 == 2 &&
-                (r->h.nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+    bool dump =
+        (r->h.nlmsg_type - RTM_BASE) % 4 == 2 && (r->h.nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
     int cb_err = 0;
     bool interrupted = false;
     for (;;) {
@@ -214,8 +214,7 @@ int fw_rtnl_link_del(fw_rtnl_t *nl, const char *name) {
     return rr < 0 ? rr : talk(nl, &r, NULL, NULL);
 }
 
-int fw_rtnl_addr_add(fw_rtnl_t *nl, int ifindex, int family, const void *addr,
-                     uint8_t prefixlen) {
+int fw_rtnl_addr_add(fw_rtnl_t *nl, int ifindex, int family, const void *addr, uint8_t prefixlen) {
     if (family != AF_INET && family != AF_INET6)
         return -EAFNOSUPPORT;
     size_t alen = family == AF_INET ? 4 : 16;

@@ -37,8 +37,7 @@ int fw_rtnl_link_del(fw_rtnl_t *nl, const char *name);
 
 /* Add addr/prefixlen (AF_INET or AF_INET6, binary address) to ifindex, without duplicate
  * address detection so it is usable at once. */
-int fw_rtnl_addr_add(fw_rtnl_t *nl, int ifindex, int family, const void *addr,
-                     uint8_t prefixlen);
+int fw_rtnl_addr_add(fw_rtnl_t *nl, int ifindex, int family, const void *addr, uint8_t prefixlen);
 
 /* Names of the veth links whose name starts with prefix, as one malloc'd block of
  * NUL-separated names ending in an empty name; *ret_count names. At most max_links. */

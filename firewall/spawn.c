@@ -30,8 +30,7 @@ static int dup_high(int fd) {
     return r < 0 ? -errno : r;
 }
 
-int fw_child_spawn(const char *const argv[], int nsfd, int stdin_fd, int diag_fd,
-                   fw_child_t *ret) {
+int fw_child_spawn(const char *const argv[], int nsfd, int stdin_fd, int diag_fd, fw_child_t *ret) {
     if (!argv || !argv[0] || argv[0][0] != '/' || !ret)
         return -EINVAL;
     _cleanup_close_ int in = dup_high(stdin_fd);

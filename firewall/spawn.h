@@ -10,18 +10,18 @@
 
 typedef struct {
     pid_t pid;
-    int out_fd;  /* read end of the child's stdout */
-    int err_fd;  /* read end of the exec-error pipe: an errno if setns/exec failed */
+    int out_fd; /* read end of the child's stdout */
+    int err_fd; /* read end of the exec-error pipe: an errno if setns/exec failed */
 } fw_child_t;
 
-#define FW_CHILD_INIT {.pid = -1, .out_fd = -1, .err_fd = -1}
+#define FW_CHILD_INIT                                                                              \
+    { .pid = -1, .out_fd = -1, .err_fd = -1 }
 
 /* Fork and exec argv[0] (an absolute path) with a fixed minimal environment. In the child:
  * setns(nsfd, CLONE_NEWNET) unless nsfd < 0 (then it stays in the calling thread's network
  * namespace), stdin from stdin_fd (< 0: /dev/null), stderr to diag_fd (< 0: /dev/null), every
  * other fd closed at exec, signal mask cleared. Returns 0 and fills ret, or -errno. */
-int fw_child_spawn(const char *const argv[], int nsfd, int stdin_fd, int diag_fd,
-                   fw_child_t *ret);
+int fw_child_spawn(const char *const argv[], int nsfd, int stdin_fd, int diag_fd, fw_child_t *ret);
 
 /* Collect the child's stdout (at most max_out bytes, else -EFBIG) and its exit, killing it
  * with SIGKILL at deadline_us (CLOCK_MONOTONIC, µs). Always reaps the child and closes the

@@ -143,7 +143,7 @@ static void on_acquire_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
     gw_t *gw = s->gw;
     gw_pool_cancel_wait(gw, s);
     log_warn("pool", "no worker available in time", "{s:s}", "kernel_id", s->kernel_id);
-    gw_session_on_worker_lost(s, NULL, "no worker available");
+    gw_session_on_worker_lost(s, NULL, NULL);
 }
 
 void gw_pool_request(gw_t *gw, gw_session_t *s) {
@@ -215,6 +215,14 @@ void gw_pool_on_worker_failed(gw_t *gw, gw_worker_t *w) {
             s->spawn_pending = false;
     }
     gw->spawn_failures++;
+    if (w->start_err == -ENOSPC) {
+        /* The host cannot hold another disk: waiting will not help, say so now. */
+        gw_session_t *ws;
+        while ((ws = TAILQ_FIRST(&gw->waiting))) {
+            gw_pool_cancel_wait(gw, ws);
+            gw_session_on_worker_lost(ws, NULL, "the host has no room for another worker disk");
+        }
+    }
     if (gw->backoff_timer || gw->shutting_down)
         return;
     uint64_t ms = 100;

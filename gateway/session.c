@@ -370,11 +370,12 @@ void gw_session_on_worker_lost(gw_session_t *s, gw_worker_t *w, const char *why)
     s->worker = NULL;
     if (!w) {
         /* No worker could be had in time. */
-        fail_pending(s, 503, "no worker available", "all workers are busy; retry later");
+        const char *detail = why ? why : "all workers are busy; retry later";
+        fail_pending(s, 503, "no worker available", detail);
         snprintf(s->execution_state, sizeof s->execution_state, "dead");
         if (s->nclients)
             gw_channels_status(s, "dead");
-        fail_queued(s, 503, "no worker available", "all workers are busy; retry later");
+        fail_queued(s, 503, "no worker available", detail);
         if (!s->had_worker && !s->running)
             gw_session_release(s, 503, "no worker available", NULL);
         return;

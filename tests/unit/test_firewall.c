@@ -104,18 +104,17 @@ static void test_render_tcp_v4(void **state) {
     fw_rules_params_t p = tcp_params(false);
     _cleanup_free_ char *v4 = render(&p, FW_FAMILY_V4);
     _cleanup_free_ char *lines = rule_lines(v4);
-    assert_string_equal(lines,
-                        "*filter\n"
-                        ":INPUT DROP [0:0]\n"
-                        ":FORWARD DROP [0:0]\n"
-                        ":OUTPUT DROP [0:0]\n"
-                        "-A INPUT -i lo -j ACCEPT\n"
-                        "-A INPUT -s 10.255.0.5/32 -d 10.255.0.6/32 -i eth0 -p tcp -m tcp "
-                        "--dport 50000:50004 -j ACCEPT\n"
-                        "-A OUTPUT -o lo -j ACCEPT\n"
-                        "-A OUTPUT -s 10.255.0.6/32 -d 10.255.0.5/32 -o eth0 -p tcp -m tcp "
-                        "--sport 50000:50004 -m conntrack --ctstate ESTABLISHED -j ACCEPT\n"
-                        "COMMIT\n");
+    assert_string_equal(lines, "*filter\n"
+                               ":INPUT DROP [0:0]\n"
+                               ":FORWARD DROP [0:0]\n"
+                               ":OUTPUT DROP [0:0]\n"
+                               "-A INPUT -i lo -j ACCEPT\n"
+                               "-A INPUT -s 10.255.0.5/32 -d 10.255.0.6/32 -i eth0 -p tcp -m tcp "
+                               "--dport 50000:50004 -j ACCEPT\n"
+                               "-A OUTPUT -o lo -j ACCEPT\n"
+                               "-A OUTPUT -s 10.255.0.6/32 -d 10.255.0.5/32 -o eth0 -p tcp -m tcp "
+                               "--sport 50000:50004 -m conntrack --ctstate ESTABLISHED -j ACCEPT\n"
+                               "COMMIT\n");
     /* Without an IPv6 pair, IPv6 is exactly the ipc (lo only) rule set. */
     _cleanup_free_ char *v6 = render(&p, FW_FAMILY_V6);
     _cleanup_free_ char *f6 = slurp(FW_RULES_DIR "/ipc.v6.rules");
@@ -167,7 +166,7 @@ static void test_render_single_port_and_ifname(void **state) {
 static void test_render_rejects(void **state) {
     char buf[FW_RULES_MAX];
     const char *bad_ifnames[] = {"",    "eth0+", "eth\n0", "-eth0", ".x", "a b",    "eth0!",
-                                 "e\"",  "eth0/", "e;x",    "e\\x",  "é",  "eth0\t", "@GW@"};
+                                 "e\"", "eth0/", "e;x",    "e\\x",  "é",  "eth0\t", "@GW@"};
     for (size_t i = 0; i < ARRAY_SIZE(bad_ifnames); i++) {
         fw_rules_params_t p = tcp_params(true);
         memset(p.ns_ifname, 0, sizeof p.ns_ifname);
@@ -249,8 +248,8 @@ static void test_compare(void **state) {
     assert_int_equal(fw_rules_compare(exp, "", FW_VERIFY_NONE), 0);
     /* A warning line from a mixed backend is a comment, ignored. */
     char *with_warning = NULL;
-    assert_true(asprintf(&with_warning, "%s# Warning: iptables-legacy tables present\n",
-                         saved_ok) > 0);
+    assert_true(asprintf(&with_warning, "%s# Warning: iptables-legacy tables present\n", saved_ok) >
+                0);
     assert_int_equal(fw_rules_compare(exp, with_warning, FW_VERIFY_FULL), 0);
     free(with_warning);
 
@@ -307,9 +306,9 @@ static void test_pool_parse(void **state) {
     assert_int_equal(fw_pool_size(&pool), 1);
 
     fw_pool_t untouched = {.prefix4 = 99};
-    const char *bad4[] = {"10.255.0.1/16", "10.255.0.0/31", "10.255.0.0/32", "10.255.0.0",
-                          "10.255.0.0/",   "10.255.0.0/16x", "10.255.0/16",  "/16",
-                          "10.255.0.0/-1", "10.255.0.0/0016", "fd00::/64",   "",
+    const char *bad4[] = {"10.255.0.1/16", "10.255.0.0/31",   "10.255.0.0/32", "10.255.0.0",
+                          "10.255.0.0/",   "10.255.0.0/16x",  "10.255.0/16",   "/16",
+                          "10.255.0.0/-1", "10.255.0.0/0016", "fd00::/64",     "",
                           "10.255.0.0/ 16"};
     for (size_t i = 0; i < ARRAY_SIZE(bad4); i++) {
         fw_pool_t p = untouched;
@@ -445,8 +444,7 @@ static void test_script_renders_like_library(void **state) {
         _cleanup_free_ char *out = NULL;
         assert_int_equal(script(cases[i].args, &out), 0);
         if (strcmp(out, lib) != 0)
-            fail_msg("script and library differ for '%s':\n%s\n---\n%s", cases[i].args, out,
-                     lib);
+            fail_msg("script and library differ for '%s':\n%s\n---\n%s", cases[i].args, out, lib);
     }
     /* The script refuses what the library refuses. */
     const char *refused[] = {

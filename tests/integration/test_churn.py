@@ -1,0 +1,30 @@
+"""200 workers created and destroyed, then SIGTERM: nothing of ours is left on the host."""
+import concurrent.futures
+import shutil
+import signal
+import tempfile
+
+from conftest import no_leftovers, uid
+
+
+def test_200_workers_leave_nothing(make_gateway):
+    state = tempfile.mkdtemp(prefix="kbox-churn-")
+    try:
+        g = make_gateway(["--min-idle-workers", "4", "--max-total-workers", "16",
+                          "--worker-disk-mb", "16"], state_dir=state).start()
+
+        def one(_):
+            u = uid()
+            r = g.execute(u, "import os\nopen('/sandbox/x', 'w').write('1')\nprint(os.getuid())")
+            ok = r.status_code == 200
+            return ok and g.release(u).status_code == 200
+
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            results = list(ex.map(one, range(200)))
+        assert all(results), results.count(False)
+        started = [l for l in g.read_log().splitlines() if '"worker ready"' in l]
+        assert len(started) >= 200
+        assert g.stop(signal.SIGTERM) == 0
+        assert no_leftovers(state) == {}
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
