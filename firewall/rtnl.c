@@ -298,14 +298,16 @@ int fw_rtnl_veth_list(fw_rtnl_t *nl, const char *prefix, size_t max_links, char 
     req_init(&r, RTM_GETLINK, NLM_F_DUMP, &ifi, sizeof ifi);
     veth_list_t l = {.prefix = prefix, .max = max_links};
     int rr = talk(nl, &r, veth_list_cb, &l);
-    if (rr == 0 && !l.names && !(l.names = malloc(1)))
-        rr = -ENOMEM;
-    if (rr < 0) {
-        free(l.names);
+    _cleanup_free_ char *names = l.names;
+    if (rr < 0)
         return rr;
+    if (!names) {
+        names = malloc(1); /* no match: still a valid, empty list */
+        if (!names)
+            return -ENOMEM;
     }
-    l.names[l.len] = '\0';
-    *ret_names = l.names;
+    names[l.len] = '\0';
+    *ret_names = TAKE_PTR(names);
     *ret_count = l.count;
     return 0;
 }

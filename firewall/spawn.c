@@ -144,8 +144,8 @@ int fw_child_wait(fw_child_t *c, uint64_t deadline_us, size_t max_out, char **re
         return -ECHILD;
     if (WEXITSTATUS(status) != 0)
         return -EPROTO;
-    if (r < 0)
-        return r;
+    if (r < 0 || !buf)
+        return r < 0 ? r : -ENOMEM;
     buf[len] = '\0';
     if (ret_out)
         *ret_out = TAKE_PTR(buf);

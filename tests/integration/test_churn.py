@@ -22,8 +22,12 @@ def test_200_workers_leave_nothing(make_gateway):
         with concurrent.futures.ThreadPoolExecutor(8) as ex:
             results = list(ex.map(one, range(200)))
         assert all(results), results.count(False)
-        started = [l for l in g.read_log().splitlines() if '"worker ready"' in l]
-        assert len(started) >= 200
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+        m = requests.get(g.url + "/metrics", headers=g.headers()).text
+        started = [s.value for f in text_string_to_metric_families(m) for s in f.samples
+                   if s.name == "kbox_workers_started_total"]
+        assert started and started[0] >= 200, started
         assert g.stop(signal.SIGTERM) == 0
         assert no_leftovers(state) == {}
     finally:

@@ -75,25 +75,27 @@ static int ns_open(const char *name) {
     return fd;
 }
 
-/* Shell command (test plumbing only: ip, sysctl); returns the exit status. */
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
+/* Shell commands (test plumbing only: ip, sysctl). sh() returns the exit status, sh_out() the
+ * output (caller frees). Macros rather than varargs functions: the format is still checked. */
+#define sh(...)                                                                                    \
+    ({                                                                                             \
+        char _cmd[2048];                                                                           \
+        assert_true(snprintf(_cmd, sizeof _cmd, __VA_ARGS__) < (int)sizeof _cmd);                  \
+        sh_run(_cmd);                                                                              \
+    })
+#define sh_out(...)                                                                                \
+    ({                                                                                             \
+        char _cmd[2048];                                                                           \
+        assert_true(snprintf(_cmd, sizeof _cmd, __VA_ARGS__) < (int)sizeof _cmd);                  \
+        sh_out_run(_cmd);                                                                          \
+    })
+
+static int sh_run(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static char *sh_out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *sh_out(const char *fmt, ...) {
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
+static char *sh_out_run(const char *cmd) {
     FILE *f = popen(cmd, "r");
     assert_non_null(f);
     size_t cap = 262144, len = 0, n;
@@ -199,6 +201,60 @@ static int try_connect(int nsfd, int af, const char *addr, uint16_t port, uint16
         if (_r == 0)                                                                               \
             fail_msg("%s:%u (from port %u) must be unreachable", addr, port, (unsigned)(sport));   \
     } while (0)
+
+/* Tcp InSegs of nsfd's namespace (IPv4 and IPv6 share the TCP MIB): segments that made it
+ * past netfilter's INPUT hook into TCP. */
+static uint64_t tcp_in_segs(int nsfd) {
+    int cur = ns_self();
+    enter(nsfd);
+    _cleanup_free_ char *snmp = NULL;
+    int r = read_file_bounded("/proc/thread-self/net/snmp", 65536, &snmp, NULL);
+    enter(cur);
+    close(cur);
+    assert_int_equal(r, 0);
+    const char *hdr = strstr(snmp, "\nTcp: ");
+    assert_non_null(hdr);
+    const char *vals = strstr(hdr + 1, "\nTcp: ");
+    assert_non_null(vals);
+    /* The same field index in the header line and the value line. */
+    const char *h = hdr + 6, *v = vals + 6;
+    for (;;) {
+        size_t hn = strcspn(h, " \n"), vn = strcspn(v, " \n");
+        if (hn == strlen("InSegs") && !strncmp(h, "InSegs", hn))
+            return strtoull(v, NULL, 10);
+        assert_true(h[hn] == ' ' && v[vn] == ' ');
+        h += hn + 1, v += vn + 1;
+    }
+}
+
+#define assert_dropped_in(W, from, af, addr, port)                                                 \
+    do {                                                                                           \
+        uint64_t _before = tcp_in_segs(W);                                                         \
+        assert_blocked(from, af, addr, port, 0);                                                   \
+        uint64_t _after = tcp_in_segs(W);                                                          \
+        if (_after != _before)                                                                     \
+            fail_msg("%s:%u: %llu segment(s) got past the worker's INPUT", addr, port,             \
+                     (unsigned long long)(_after - _before));                                      \
+    } while (0)
+/* W's SYN must never reach dest: the connect fails and dest's TCP saw nothing. (A TCP
+ * connect does not report an OUTPUT drop as EPERM; it just retransmits.) */
+#define assert_dropped_out(W, dest, af, addr, port, sport)                                         \
+    do {                                                                                           \
+        uint64_t _before = tcp_in_segs(dest);                                                      \
+        assert_blocked(W, af, addr, port, sport);                                                  \
+        uint64_t _after = tcp_in_segs(dest);                                                       \
+        if (_after != _before)                                                                     \
+            fail_msg("%s:%u (from port %u): %llu segment(s) left the worker", addr, port,          \
+                     (unsigned)(sport), (unsigned long long)(_after - _before));                   \
+    } while (0)
+
+/* One UDP datagram from inside nsfd: 0 if sent, else -errno (EPERM: OUTPUT dropped it). */
+static int udp_send(int nsfd, int af, const char *addr, uint16_t port) {
+    _cleanup_close_ int fd = socket_in(nsfd, af, SOCK_DGRAM);
+    struct sockaddr_storage ss;
+    socklen_t len = sockaddr_of(af, addr, port, &ss);
+    return sendto(fd, "x", 1, 0, (struct sockaddr *)&ss, len) == 1 ? 0 : -errno;
+}
 
 /* Interface names inside nsfd, space-separated, sorted as the kernel lists them. */
 static void links_in(int nsfd, char *out, size_t len) {
@@ -473,22 +529,28 @@ static void tcp_mode_checks(bool v6) {
         lw[nl++] = listen_in(W, AF_INET, wk4, wports[i], NULL);
         lw[nl++] = listen_in(W, AF_INET6, wk6, wports[i], NULL);
     }
-    /* The gateway reaches the kernel's ports, v4 (and v6 with a v6 pool), and nothing else. */
+    /* The gateway reaches the kernel's ports, v4 (and v6 with a v6 pool); its SYNs show up in
+     * W's TCP counter, which the checks below rely on. This also resolves W's neighbour entry
+     * in H, so the forwarded IPv6 attempts from O below really arrive at W. */
+    uint64_t segs = tcp_in_segs(W);
     assert_reaches(H, AF_INET, wk4, KPORT_LO);
+    assert_true(tcp_in_segs(W) > segs);
     assert_reaches(H, AF_INET, wk4, KPORT_HI);
-    assert_blocked(H, AF_INET, wk4, KPORT_HI + 1, 0);
-    assert_blocked(H, AF_INET, wk4, OTHER_PORT, 0);
     if (v6) {
         assert_reaches(H, AF_INET6, wk6, KPORT_LO);
         assert_reaches(H, AF_INET6, wk6, KPORT_HI);
-        assert_blocked(H, AF_INET6, wk6, KPORT_HI + 1, 0);
-    } else {
-        assert_blocked(H, AF_INET6, wk6, KPORT_LO, 0);
     }
-    /* Another host gets nowhere, though its route to W works (see the control below). */
-    assert_blocked(O, AF_INET, wk4, KPORT_LO, 0);
-    assert_blocked(O, AF_INET6, wk6, KPORT_LO, 0);
-    assert_blocked(O, AF_INET, wk4, OTHER_PORT, 0);
+    usleep(200 * 1000); /* let the closed connections' last segments settle */
+
+    /* Nothing else gets past W's INPUT: each attempt must fail AND leave W's TCP segment
+     * counter as it was (the connect alone would also fail if only W's OUTPUT dropped the
+     * SYN-ACK). Another host gets nowhere, though its route to W works (control below). */
+    assert_dropped_in(W, H, AF_INET, wk4, KPORT_HI + 1);
+    assert_dropped_in(W, H, AF_INET, wk4, OTHER_PORT);
+    assert_dropped_in(W, H, AF_INET6, wk6, v6 ? KPORT_HI + 1 : KPORT_LO);
+    assert_dropped_in(W, O, AF_INET, wk4, KPORT_LO);
+    assert_dropped_in(W, O, AF_INET6, wk6, KPORT_LO);
+    assert_dropped_in(W, O, AF_INET, wk4, OTHER_PORT);
 
     /* W cannot open anything: not to the gateway's other ports (its HTTP port), not even to a
      * kernel port or from a kernel source port, not to the other host, not to H's loopback. */
@@ -501,13 +563,19 @@ static void tcp_mode_checks(bool v6) {
     lh[nh++] = listen_in(O, AF_INET, "10.255.200.2", OTHER_PORT, NULL);
     lh[nh++] = listen_in(O, AF_INET6, "fd00:6b62:200::2", OTHER_PORT, NULL);
     assert_reaches(O, AF_INET, "10.255.200.1", OTHER_PORT); /* the O-H link itself works */
-    assert_blocked(W, AF_INET, gw4, OTHER_PORT, 0);
-    assert_blocked(W, AF_INET6, gw6, OTHER_PORT, 0);
-    assert_blocked(W, AF_INET, gw4, KPORT_LO, 0);
-    assert_blocked(W, AF_INET, gw4, OTHER_PORT, KPORT_LO + 1);
-    assert_blocked(W, AF_INET, "127.0.0.1", OTHER_PORT, 0);
-    assert_blocked(W, AF_INET, "10.255.200.2", OTHER_PORT, 0);
-    assert_blocked(W, AF_INET6, "fd00:6b62:200::2", OTHER_PORT, 0);
+    usleep(200 * 1000);
+    assert_dropped_out(W, H, AF_INET, gw4, OTHER_PORT, 0);
+    assert_dropped_out(W, H, AF_INET6, gw6, OTHER_PORT, 0);
+    assert_dropped_out(W, H, AF_INET, gw4, KPORT_LO, 0);
+    assert_dropped_out(W, H, AF_INET, gw4, OTHER_PORT, KPORT_LO + 1);
+    assert_dropped_out(W, O, AF_INET, "10.255.200.2", OTHER_PORT, 0);
+    assert_dropped_out(W, O, AF_INET6, "fd00:6b62:200::2", OTHER_PORT, 0);
+    /* No UDP either (DNS, anything): W's OUTPUT refuses it on the spot. */
+    assert_int_equal(udp_send(W, AF_INET, gw4, 53), -EPERM);
+    assert_int_equal(udp_send(W, AF_INET6, gw6, 53), -EPERM);
+    assert_int_equal(udp_send(W, AF_INET, "10.255.200.2", 53), -EPERM);
+    assert_int_equal(udp_send(W, AF_INET, gw4, KPORT_LO), -EPERM);
+    assert_blocked(W, AF_INET, "127.0.0.1", OTHER_PORT, 0); /* W's own lo: nobody there */
 
     /* Positive control: with W's rules flushed by hand the same attempts succeed, so each
      * refusal above was the firewall's; and verification now notices the tampering. */
@@ -578,10 +646,12 @@ static void cycles(const char *label, fw_config_t *cfg, unsigned n) {
         destroy_total += now_mono_us() - t0;
     }
     qsort(t, n, sizeof *t, cmp_u64);
+    size_t median = n / 2, p90 = (size_t)n * 9 / 10;
+    double median_ms = (double)t[median] / 1000.0, p90_ms = (double)t[p90] / 1000.0;
+    double max_ms = (double)t[n - 1] / 1000.0, destroy_ms = (double)destroy_total / 1000.0 / n;
     printf("[timing] %-34s n=%-3u create median %6.1f ms  p90 %6.1f ms  max %6.1f ms  "
            "destroy mean %5.2f ms\n",
-           label, n, t[n / 2] / 1000.0, t[n * 9 / 10] / 1000.0, t[n - 1] / 1000.0,
-           destroy_total / 1000.0 / n);
+           label, n, median_ms, p90_ms, max_ms, destroy_ms);
     fflush(stdout);
     free(t);
 }
