@@ -201,6 +201,9 @@ int bench_machine_cpu(uint64_t *ret_busy, uint64_t *ret_total);
 /* VmRSS and Pss (smaps_rollup) of one process, KiB; -errno if it is gone. */
 int bench_proc_mem(pid_t pid, long *ret_rss_kb, long *ret_pss_kb);
 long bench_mem_available_kb(void);
+/* CPU (ms) and memory (KiB) charged to a cgroup (v1 cpuacct/memory, else v2); -1 if absent. */
+double bench_cgroup_cpu_ms(const char *name);
+long bench_cgroup_mem_kb(const char *name);
 
 /* Subcommands (each prints JSON lines on stdout, progress on stderr). */
 int bench_cmd_first(int argc, char **argv);

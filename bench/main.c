@@ -95,7 +95,7 @@ double bench_opt_num(const char *v, double def) {
 typedef struct {
     const bench_target_t *target;
     const bench_target_cfg_t *cfg;
-    pthread_barrier_t *start, *stop;
+    pthread_barrier_t *start, *stop, *done;
     int requests;
     double think_min_s, think_max_s;
 } run_ctx_t;
@@ -145,6 +145,13 @@ static void *user_main(void *arg) {
             bench_sleep_ms(1000 * bench_rng_real(&u->rng, ctx->think_min_s, ctx->think_max_s));
     }
     pthread_barrier_wait(ctx->stop);
+    /* The main thread reads the clocks and CPU counters now; then each user releases its own
+     * session (not counted), in parallel, from the thread that opened it (a kernel we forked
+     * is tied to this thread by PDEATHSIG). */
+    pthread_barrier_wait(ctx->done);
+    if (u->open_err >= 0 && u->conn)
+        ctx->target->close(u->conn, u->uuid);
+    u->conn = NULL;
     return NULL;
 }
 
@@ -172,6 +179,7 @@ enum {
     R_SERVER,
     R_REP,
     R_LAUNCHER,
+    R_CGROUP,
     R_N
 };
 
@@ -179,7 +187,7 @@ static int cmd_run(int argc, char **argv) {
     static const char *const names[R_N + 1] = {
         "target", "url",    "token",   "users",   "requests", "think-min", "think-max",
         "timeout-ms", "seed", "python", "workdir", "cpu-pid", "label", "server",
-        "rep",    "launcher", NULL};
+        "rep",    "launcher", "kernels-cgroup", NULL};
     const char *v[R_N];
     if (bench_opts(argc, argv, names, v) < 0)
         return 2;
@@ -224,16 +232,19 @@ static int cmd_run(int argc, char **argv) {
     else
         randombytes_buf(&seed, sizeof seed);
     pid_t cpu_pid = (pid_t)bench_opt_num(v[R_CPU_PID], 0);
+    const char *cgroup = v[R_CGROUP];
     if (target == &bench_target_zmq && cpu_pid == 0)
         cpu_pid = getpid(); /* the client is the only thing between the user and the kernels */
 
-    pthread_barrier_t start, stop;
+    pthread_barrier_t start, stop, done;
     pthread_barrier_init(&start, NULL, (unsigned)users + 1);
     pthread_barrier_init(&stop, NULL, (unsigned)users + 1);
+    pthread_barrier_init(&done, NULL, (unsigned)users + 1);
     run_ctx_t ctx = {.target = target,
                      .cfg = &cfg,
                      .start = &start,
                      .stop = &stop,
+                     .done = &done,
                      .requests = requests,
                      .think_min_s = think_min,
                      .think_max_s = think_max};
@@ -275,6 +286,7 @@ static int cmd_run(int argc, char **argv) {
     if (cpu_pid > 0)
         bench_proc_cpu(cpu_pid, &cpu0);
     bench_machine_cpu(&busy0, &tot0);
+    double cg0 = cgroup ? bench_cgroup_cpu_ms(cgroup) : -1;
     double self0 = rusage_ms();
     double t0 = bench_now_ms();
     pthread_barrier_wait(&stop);
@@ -283,6 +295,8 @@ static int cmd_run(int argc, char **argv) {
     bench_machine_cpu(&busy1, &tot1);
     if (cpu_pid > 0)
         bench_proc_cpu(cpu_pid, &cpu1);
+    double cg1 = cgroup ? bench_cgroup_cpu_ms(cgroup) : -1;
+    pthread_barrier_wait(&done);
     for (int i = 0; i < users; i++)
         pthread_join(us[i].thread, NULL);
 
@@ -342,20 +356,19 @@ static int cmd_run(int argc, char **argv) {
                             json_real((cpu1.descendants_ms - cpu0.descendants_ms) / n));
         json_object_set_new(cpu, "children", json_integer(cpu1.ndescendants));
     }
+    if (cg0 >= 0 && cg1 >= 0) /* sandboxed kernels are not the gateway's descendants */
+        json_object_set_new(cpu, "children_ms_per_req", json_real((cg1 - cg0) / n));
     json_object_set_new(res, "cpu", cpu);
     bench_stats_free(&all);
 
-    /* After the clock: release every session (not counted). */
-    for (int i = 0; i < users; i++) {
-        if (us[i].open_err >= 0 && us[i].conn)
-            target->close(us[i].conn, us[i].uuid);
+    for (int i = 0; i < users; i++)
         bench_stats_free(&us[i].st);
-    }
     if (target == &bench_target_zmq)
         rm_rf(workdir);
     free(us);
     pthread_barrier_destroy(&start);
     pthread_barrier_destroy(&stop);
+    pthread_barrier_destroy(&done);
     bench_note("%s: %.0f requests in %.2f s, %.1f RPS, verified %.1f%%, P95 %.1f ms",
                v[R_LABEL] ? v[R_LABEL] : tname,
                json_number_value(json_object_get(res, "requests")), wall_s,
@@ -378,20 +391,35 @@ static int cmd_freeport(void) {
     return 0;
 }
 
+/* The cgroup parent a gateway with this state dir gives its sandboxed workers: "kbox-w" and
+ * two bytes of the state dir's BLAKE2b tag (gateway.c / sandbox.c). */
+static int cmd_cgname(int argc, char **argv) {
+    static const char *const names[] = {"state-dir", NULL};
+    const char *v[1];
+    if (bench_opts(argc, argv, names, v) < 0 || !v[0])
+        return 2;
+    unsigned char tag[crypto_generichash_BYTES_MIN];
+    crypto_generichash(tag, sizeof tag, (const unsigned char *)v[0], strlen(v[0]), NULL, 0);
+    printf("kbox-w%02x%02x\n", tag[0], tag[1]);
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: kbox-bench COMMAND [--option value]...\n"
             "  run      --target execute|kernels|zmq --url U --token T --users N --requests N\n"
             "           [--think-min S --think-max S --timeout-ms MS --seed N --python P\n"
-            "           --workdir D --cpu-pid PID --label L --server S --rep N --launcher L]\n"
+            "           --workdir D --cpu-pid PID --kernels-cgroup CG --label L --server S\n"
+            "           --rep N --launcher L]\n"
             "  first    --url U --token T --mode warm|cold --samples N [--min-idle N]\n"
             "  kstart   --python P --samples N [--workdir D]\n"
             "  mem      --url U --token T --gw-pid PID --at 25,200 --max N [--batch N\n"
-            "           --reserve-mb MB]\n"
+            "           --reserve-mb MB --kernels-cgroup CG]\n"
             "  wait     --url U --token T [--idle N] [--timeout S]   pool settled\n"
             "  quiet    [--idle-pct P] [--timeout S]                   machine quiet\n"
             "  gwlog    --file LOG                                     worker start steps\n"
             "  report   --file RESULTS.jsonl [--meta K=V]...           the table\n"
+            "  cgname   --state-dir D          cgroup of a gateway's sandboxed workers\n"
             "  freeport\n");
 }
 
@@ -423,6 +451,8 @@ int main(int argc, char **argv) {
         return bench_cmd_gwlog(argc, argv);
     if (streq(cmd, "report"))
         return bench_cmd_report(argc, argv);
+    if (streq(cmd, "cgname"))
+        return cmd_cgname(argc, argv);
     if (streq(cmd, "freeport"))
         return cmd_freeport();
     usage();

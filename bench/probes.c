@@ -171,6 +171,48 @@ long bench_mem_available_kb(void) {
     return field_kb("/proc/meminfo", "MemAvailable:");
 }
 
+static double read_num(const char *path, const char *key) {
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    char line[256];
+    double v = -1;
+    size_t kl = key ? strlen(key) : 0;
+    while (fgets(line, sizeof line, f))
+        if (!key || strncmp(line, key, kl) == 0) {
+            v = strtod(line + kl, NULL);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+double bench_cgroup_cpu_ms(const char *name) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "/sys/fs/cgroup/cpuacct/%s/cpuacct.usage", name);
+    double ns = read_num(path, NULL);
+    if (ns >= 0)
+        return ns / 1e6;
+    snprintf(path, sizeof path, "/sys/fs/cgroup/%s/cpu.stat", name);
+    double us = read_num(path, "usage_usec ");
+    if (us < 0) {
+        snprintf(path, sizeof path, "/sys/fs/cgroup/unified/%s/cpu.stat", name);
+        us = read_num(path, "usage_usec ");
+    }
+    return us >= 0 ? us / 1e3 : -1;
+}
+
+long bench_cgroup_mem_kb(const char *name) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "/sys/fs/cgroup/memory/%s/memory.usage_in_bytes", name);
+    double b = read_num(path, NULL);
+    if (b < 0) {
+        snprintf(path, sizeof path, "/sys/fs/cgroup/%s/memory.current", name);
+        b = read_num(path, NULL);
+    }
+    return b >= 0 ? (long)(b / 1024) : -1;
+}
+
 static bool cmdline_has(pid_t pid, const char *needle) {
     char path[64], buf[4096];
     snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
@@ -204,9 +246,10 @@ typedef struct {
     const char *method;
 } workers_mem_t;
 
-/* The gateway's workers: its descendants (process launcher, or runc with the gateway as
- * subreaper); failing that, ipykernel processes in a kbox cgroup (runc) and their parents. */
-static int workers_mem(pid_t gw, workers_mem_t *ret) {
+/* The gateway's workers: its descendants (process launcher); failing that (runc: containers
+ * are not the gateway's children), ipykernel processes in the gateway's cgroup parent and
+ * their kernel-host parents. */
+static int workers_mem(pid_t gw, const char *cgroup, workers_mem_t *ret) {
     pinfo_t *v = NULL;
     size_t n = 0;
     int r = proc_all(&v, &n);
@@ -224,9 +267,12 @@ static int workers_mem(pid_t gw, workers_mem_t *ret) {
         w.kernels += cmdline_has(v[i].pid, "ipykernel_launcher") || cmdline_has(v[i].pid, "kbox-kernel-host");
     }
     if (w.kernels == 0) {
-        w = (workers_mem_t){.method = "ipykernel processes in kbox cgroups"};
+        char needle[128];
+        snprintf(needle, sizeof needle, "/%s/", cgroup ? cgroup : "kbox");
+        w = (workers_mem_t){.method = "ipykernel + kernel-host processes in the gateway's cgroup"};
         for (size_t i = 0; i < n; i++) {
-            if (!cmdline_has(v[i].pid, "ipykernel_launcher") || !cgroup_has(v[i].pid, "kbox"))
+            if (!cmdline_has(v[i].pid, "ipykernel_launcher") || !cgroup_has(v[i].pid, needle) ||
+                cmdline_has(v[i].pid, "kernel-host"))
                 continue;
             long rss, pss;
             if (bench_proc_mem(v[i].pid, &rss, &pss) < 0)
@@ -593,9 +639,10 @@ static int parse_list(const char *s, int *out, int max) {
 }
 
 int bench_cmd_mem(int argc, char **argv) {
-    static const char *const names[] = {"url",   "token",      "gw-pid", "at",
-                                        "max",   "batch",      "reserve-mb", NULL};
-    const char *v[7];
+    static const char *const names[] = {"url",   "token", "gw-pid",     "at",
+                                        "max",   "batch", "reserve-mb", "kernels-cgroup",
+                                        NULL};
+    const char *v[8];
     if (bench_opts(argc, argv, names, v) < 0 || !v[0] || !v[2])
         return 2;
     const char *url = v[0], *token = v[1] ? v[1] : "";
@@ -658,7 +705,8 @@ int bench_cmd_mem(int argc, char **argv) {
             long rss = 0, pss = 0;
             bench_proc_mem(gw, &rss, &pss);
             workers_mem_t wm = {0};
-            workers_mem(gw, &wm);
+            workers_mem(gw, v[7], &wm);
+            long cgkb = v[7] ? bench_cgroup_mem_kb(v[7]) : -1;
             long av = bench_mem_available_kb();
             /* Still serving: one request in each of 10 sessions spread over the ramp. */
             double lat[10];
@@ -681,14 +729,17 @@ int bench_cmd_mem(int argc, char **argv) {
             }
             httpc_destroy(&c);
             double k = wm.kernels ? (double)wm.kernels : 1;
-            bench_emit(json_pack(
+            json_t *mj = json_pack(
                 "{s:s,s:i,s:i,s:I,s:I,s:I,s:f,s:f,s:f,s:s,s:f,s:i,s:f}", "kind", "mem",
                 "sessions", held, "workers", wm.kernels, "gw_rss_kb", (json_int_t)rss,
                 "gw_pss_kb", (json_int_t)pss, "gw_rss_growth_kb", (json_int_t)(rss - gw_rss0),
                 "worker_rss_kb", (double)wm.rss_kb / k, "worker_pss_kb", (double)wm.pss_kb / k,
                 "memavail_drop_per_session_kb", (double)(avail0 - av) / (double)held, "method",
                 wm.method, "ramp_s", (bench_now_ms() - ramp_t0) / 1000, "probe_ok", nl,
-                "probe_p50_ms", bench_median(lat, (size_t)nl)));
+                "probe_p50_ms", bench_median(lat, (size_t)nl));
+            if (cgkb >= 0)
+                json_object_set_new(mj, "cgroup_kb_per_worker", json_real((double)cgkb / k));
+            bench_emit(mj);
             bench_note("mem at %d sessions: gateway RSS %ld KiB, per worker PSS %.0f KiB", held,
                        rss, (double)wm.pss_kb / k);
             next_at++;

@@ -233,12 +233,16 @@ int bench_cmd_report(int argc, char **argv) {
             continue;
         printf("  %4d sessions: gateway RSS %.1f MiB (PSS %.1f); per worker RSS %.1f MiB, PSS "
                "%.1f MiB (%d workers); MemAvailable drop %.1f MiB/session; a request then: P50 "
-               "%.1f ms (%d/10 ok)\n",
+               "%.1f ms (%d/10 ok)",
                (int)num(j, "sessions", NULL), num(j, "gw_rss_kb", NULL) / 1024,
                num(j, "gw_pss_kb", NULL) / 1024, num(j, "worker_rss_kb", NULL) / 1024,
                num(j, "worker_pss_kb", NULL) / 1024, (int)num(j, "workers", NULL),
                num(j, "memavail_drop_per_session_kb", NULL) / 1024,
                num(j, "probe_p50_ms", NULL), (int)num(j, "probe_ok", NULL));
+        double cg = num(j, "cgroup_kb_per_worker", NULL);
+        if (!isnan(cg))
+            printf("; cgroup charge %.1f MiB/worker", cg / 1024);
+        printf("\n");
     }
     json_t *capj = last_of(all, "capacity", NULL, NULL);
     if (capj) {

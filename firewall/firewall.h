@@ -39,7 +39,7 @@ typedef enum {
 
 typedef enum {
     FW_BACKEND_NFT = 0,    /* iptables-nft-*: Debian 12's default, what `iptables-save` shows */
-    FW_BACKEND_LEGACY = 1, /* iptables-legacy-*: ~5x faster to apply, global xtables lock */
+    FW_BACKEND_LEGACY = 1, /* iptables-legacy-*: ~3x faster to apply, global xtables lock */
 } fw_backend_t;
 
 typedef enum {

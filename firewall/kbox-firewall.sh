@@ -38,7 +38,7 @@ check() { # what value extended-regex
     printf '%s\n' "$2" | grep -Eqx "$3" || die "bad $1: '$2'"
 }
 
-ifname=eth0 ports=50000:50004 gw4= worker4= gw6= worker6=
+ifname=eth0 ports=50000:50004 gw4='' worker4='' gw6='' worker6=''
 parse_opts() {
     while [ $# -gt 0 ]; do
         [ $# -ge 2 ] || die "option $1 needs a value"
@@ -56,7 +56,9 @@ parse_opts() {
     check ifname "$ifname" '[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}'
     check ports "$ports" '[0-9]{1,5}(:[0-9]{1,5})?'
     min=${ports%%:*} max=${ports#*:}
-    [ "$min" -ge 1 ] && [ "$min" -le "$max" ] && [ "$max" -le 65535 ] || die "bad ports: $ports"
+    if [ "$min" -lt 1 ] || [ "$min" -gt "$max" ] || [ "$max" -gt 65535 ]; then
+        die "bad ports: $ports"
+    fi
     [ "$min" = "$max" ] && ports=$min || ports=$min:$max
 }
 
@@ -108,7 +110,9 @@ apply)
 show)
     if [ $# -eq 0 ]; then
         echo "# namespaces ($NETNS_DIR/kbox-*)"
-        ls -1 "$NETNS_DIR" 2>/dev/null | grep '^kbox-' || true
+        for path in "$NETNS_DIR"/kbox-*; do
+            [ -e "$path" ] && echo "${path##*/}"
+        done
         echo "# host veths (kbox-h*)"
         ip -o link show type veth | sed -n 's/^[0-9]*: \(kbox-h[^@:]*\).*/\1/p'
     else
