@@ -300,6 +300,16 @@ static void handle_status(gw_t *gw, http_conn_t *conn) {
         gw->cfg.kernel, "launcher", gw->launcher->name, "uptime_s",
         (json_int_t)((now_mono_ms() - gw->started_mono_ms) / 1000));
     json_object_set_new(res, "waiting_sessions", json_integer(c.waiting));
+    /* The limits in force, so an operator can see what the options and environment gave. */
+    const gw_config_t *cfg = &gw->cfg;
+    json_object_set_new(
+        res, "limits",
+        json_pack("{s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "worker_cpu", cfg->worker_cpu,
+                  "worker_ram_mb", (json_int_t)cfg->worker_ram_mb, "worker_disk_mb",
+                  (json_int_t)cfg->worker_disk_mb, "worker_pids", (json_int_t)cfg->worker_pids,
+                  "exec_timeout_ms", (json_int_t)cfg->exec_timeout_ms, "idle_timeout_s",
+                  (json_int_t)cfg->idle_timeout_s, "max_output_bytes",
+                  (json_int_t)cfg->max_output_bytes, "max_queue", (json_int_t)cfg->max_queue));
     respond_json(conn, 200, res, NULL);
 }
 

@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# bench/run.sh: builds kbox and the load generator, starts what each workload needs on
+# loopback, runs workloads 1a, 1b, 2 (kbox and a stock Jupyter Server), 3 (ZeroMQ, no gateway)
+# and the start / memory / capacity probes, stops everything it started, prints one table.
+#
+#   bench/run.sh            the full run (~15-20 minutes on 2 cores)
+#   bench/run.sh --quick    3 users x 10 requests, one repetition, small probes (< 1 minute
+#                           once built)
+#   bench/run.sh --help     every option; each is also an environment variable BENCH_<NAME>
+#
+# Everything goes to bench/out/run-<time>/ (results.jsonl, gateway logs, table.txt). Needs
+# root for the runc launcher (the default); if the sandboxed gateway cannot start workers,
+# the run says so loudly and falls back to the unsandboxed process launcher
+# (BENCH_NO_FALLBACK=1 makes that an error instead).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+PY=/usr/bin/python3
+
+# ---- options ------------------------------------------------------------------------------
+LAUNCHER=${BENCH_LAUNCHER:-runc}
+USERS=${BENCH_USERS:-25}
+REQUESTS=${BENCH_REQUESTS:-100}
+THINK_MIN=${BENCH_THINK_MIN:-0.1}
+THINK_MAX=${BENCH_THINK_MAX:-0.5}
+POOL_1A=${BENCH_POOL_1A:-5/30}        # min idle / max total for 1a (the seed's configuration)
+POOL_1B=${BENCH_POOL_1B:-}            # default: users/users (one warm worker per user)
+REPEAT=${BENCH_REPEAT:-3}             # repetitions of 1b, 2 and 3 (medians; ratios per rep)
+REPEAT_1A=${BENCH_REPEAT_1A:-1}
+FIRST_SAMPLES=${BENCH_FIRST_SAMPLES:-20}
+COLD_SAMPLES=${BENCH_COLD_SAMPLES:-5}
+KSTART_SAMPLES=${BENCH_KSTART_SAMPLES:-5}
+MEM_AT=${BENCH_MEM_AT:-25,200}
+CAPACITY_MAX=${BENCH_CAPACITY_MAX:-300}   # the capacity ramp stops here at the latest
+MEM_DISK_MB=${BENCH_MEM_DISK_MB:-32}      # worker disk in the memory/capacity phase (see docs)
+MEM_RESERVE_MB=${BENCH_MEM_RESERVE_MB:-4096}
+SKIP=${BENCH_SKIP:-}                  # comma list of: 1a,1b,2,jupyter,3,first,cold,mem,kstart
+GATEWAY_BIN=${BENCH_GATEWAY_BIN:-}    # use this gateway instead of building one
+CLEAN=${BENCH_CLEAN:-0}
+PERF=${BENCH_PERF:-0}
+QUICK=0
+OUT=${BENCH_OUT:-}
+
+usage() {
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<EOF
+
+options (environment variable in brackets):
+  --quick                   smoke run: 3 users x 10 requests, 1 repetition, small probes
+  --launcher runc|process   worker launcher (BENCH_LAUNCHER, default runc)
+  --users N --requests N    workload size (BENCH_USERS 25, BENCH_REQUESTS 100)
+  --think-min S --think-max S   1a think time, seconds (0.1, 0.5)
+  --pool-1a MIN/MAX         pool for 1a (5/30); --pool-1b MIN/MAX (users/users)
+  --repeat N                repetitions of 1b/2/3 (3); --repeat-1a N (1)
+  --first-samples N --cold-samples N --kstart-samples N   (20, 5, 5)
+  --mem-at LIST             session counts to measure memory at (25,200)
+  --capacity-max N          the capacity ramp stops here (300)
+  --mem-disk-mb MB          worker disk during the memory/capacity ramp (32)
+  --skip LIST               1a,1b,2,jupyter,3,first,cold,mem,kstart
+  --gateway-bin PATH        do not build; use this kbox-gateway
+  --clean                   build from scratch (a tree edited during a build can leave stale
+                            objects behind)
+  --perf                    perf record the gateway during the first 1b repetition
+  --out DIR                 output directory (bench/out/run-<time>)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    --launcher) LAUNCHER=$2; shift ;;
+    --users) USERS=$2; shift ;;
+    --requests) REQUESTS=$2; shift ;;
+    --think-min) THINK_MIN=$2; shift ;;
+    --think-max) THINK_MAX=$2; shift ;;
+    --pool-1a) POOL_1A=$2; shift ;;
+    --pool-1b) POOL_1B=$2; shift ;;
+    --repeat) REPEAT=$2; shift ;;
+    --repeat-1a) REPEAT_1A=$2; shift ;;
+    --first-samples) FIRST_SAMPLES=$2; shift ;;
+    --cold-samples) COLD_SAMPLES=$2; shift ;;
+    --kstart-samples) KSTART_SAMPLES=$2; shift ;;
+    --mem-at) MEM_AT=$2; shift ;;
+    --capacity-max) CAPACITY_MAX=$2; shift ;;
+    --mem-disk-mb) MEM_DISK_MB=$2; shift ;;
+    --skip) SKIP=$2; shift ;;
+    --gateway-bin) GATEWAY_BIN=$2; shift ;;
+    --clean) CLEAN=1 ;;
+    --perf) PERF=1 ;;
+    --out) OUT=$2; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    USERS=${BENCH_USERS:-3}
+    REQUESTS=${BENCH_REQUESTS:-10}
+    POOL_1A=${BENCH_POOL_1A:-2/6}
+    REPEAT=${BENCH_REPEAT:-1}
+    FIRST_SAMPLES=${BENCH_FIRST_SAMPLES:-2}
+    COLD_SAMPLES=${BENCH_COLD_SAMPLES:-1}
+    KSTART_SAMPLES=${BENCH_KSTART_SAMPLES:-1}
+    MEM_AT=${BENCH_MEM_AT:-2,4}
+    CAPACITY_MAX=${BENCH_CAPACITY_MAX:-4}
+fi
+POOL_1B=${POOL_1B:-$USERS/$USERS}
+[ "$LAUNCHER" = runc ] || [ "$LAUNCHER" = process ] || { echo "run.sh: --launcher runc|process" >&2; exit 2; }
+
+skip() { [[ ",$SKIP," == *",$1,"* ]]; }
+say() { printf '\n[run.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+loud() {
+    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+    printf '!!! %s\n' "$@" >&2
+    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+}
+
+OUT=${OUT:-$HERE/out/run-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+STATE_ROOT=$(mktemp -d /tmp/kbox-bench.XXXXXX)
+TOKEN=bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+
+# ---- cleanup: only what this script started, by pid ------------------------------------------
+GW_PID=
+JS_PID=
+PERF_PID=
+STARTED_GATEWAYS=()
+
+stop_pid_group() { # pid timeout_s: SIGTERM the group, wait, then SIGKILL
+    local pid=$1 t=$2 i
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < t * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "run.sh: pid $pid did not stop in ${t}s: SIGKILL" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    return 1
+}
+
+stop_gateway() {
+    [ -n "$GW_PID" ] || return 0
+    # The gateway stops its workers (containers, disks, namespaces) on SIGTERM.
+    if ! stop_pid_group "$GW_PID" 180; then
+        warn "gateway $GW_NAME had to be killed; its workers may have leaked (state $GW_STATE)"
+    fi
+    wait "$GW_PID" 2>/dev/null || true
+    GW_PID=
+}
+
+stop_jupyter() {
+    [ -n "$JS_PID" ] || return 0
+    stop_pid_group "$JS_PID" 30 || true
+    wait "$JS_PID" 2>/dev/null || true
+    JS_PID=
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null || true
+    stop_gateway
+    stop_jupyter
+    # Anything of ours still running? Our kernels' connection files and our gateways' state
+    # live under STATE_ROOT (sandboxed kernels are the gateway's to stop, and it did).
+    local left
+    left=$(pgrep -f -- "$STATE_ROOT" 2>/dev/null || true)
+    if [ -n "$left" ]; then
+        echo "run.sh: processes left behind, killing: $left" >&2
+        kill -KILL $left 2>/dev/null || true
+    fi
+    for d in "$STATE_ROOT"/*/run; do
+        mountpoint -q "$d" 2>/dev/null && umount -l "$d" 2>/dev/null || true
+    done
+    rm -rf "$STATE_ROOT"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+meta() { printf '{"kind":"meta","key":"%s","value":"%s"}\n' "$1" "$2" >>"$RESULTS"; }
+warn() {
+    loud "$1"
+    printf '{"kind":"warning","text":"%s"}\n' "${1//\"/\'}" >>"$RESULTS"
+}
+
+# ---- build ------------------------------------------------------------------------------------
+BUILD_MAIN=$HERE/out/build-main
+BUILD_BENCH=$HERE/out/build-bench
+say "building (main tree -> $BUILD_MAIN, bench -> $BUILD_BENCH)"
+if [ "$CLEAN" = 1 ]; then rm -rf "$BUILD_MAIN" "$BUILD_BENCH"; fi
+{
+    cmake -S "$HERE" -B "$BUILD_BENCH" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
+        cmake --build "$BUILD_BENCH" -j"$(nproc)" >/dev/null
+} || { echo "run.sh: building kbox-bench failed" >&2; exit 1; }
+BENCH=$BUILD_BENCH/kbox-bench
+if [ -z "$GATEWAY_BIN" ]; then
+    # One target at a time: two parallel builds of the shared static libraries race.
+    {
+        cmake -S "$ROOT" -B "$BUILD_MAIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF >/dev/null &&
+            cmake --build "$BUILD_MAIN" -j"$(nproc)" --target kbox-gateway >/dev/null &&
+            cmake --build "$BUILD_MAIN" -j"$(nproc)" --target kbox-kernel-host >/dev/null
+    } || { echo "run.sh: building the gateway failed (see: cmake --build $BUILD_MAIN)" >&2; exit 1; }
+    GATEWAY_BIN=$BUILD_MAIN/gateway/kbox-gateway
+fi
+[ -x "$GATEWAY_BIN" ] || { echo "run.sh: no gateway at $GATEWAY_BIN" >&2; exit 1; }
+
+# ---- what this run is ---------------------------------------------------------------------------
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT+dirty"
+MEM_GIB=$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo)
+CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+meta commit "$COMMIT"
+meta machine "$(nproc) cores ($CPU_MODEL), $MEM_GIB GiB, $(uname -r), loadavg at start $(cut -d' ' -f1-3 /proc/loadavg)"
+meta workload "$USERS users x $REQUESTS requests; 1a think $THINK_MIN-$THINK_MAX s, pool $POOL_1A (min idle/max total); 1b/2 pool $POOL_1B; $REPEAT repetition(s) of 1b/2/3, $REPEAT_1A of 1a"
+meta kernel "ipykernel $($PY -c 'import ipykernel; print(ipykernel.__version__)' 2>/dev/null), jupyter_server $($PY -c 'import jupyter_server; print(jupyter_server.__version__)' 2>/dev/null), $($PY --version 2>&1)"
+
+# ---- gateway ------------------------------------------------------------------------------------
+GW_NAME= GW_PORT= GW_URL= GW_STATE= GW_LOG= GW_CGROUP=
+
+# start_gateway NAME MIN MAX [extra gateway args...]; 0 when healthy with MIN idle workers.
+start_gateway_once() {
+    local name=$1 min=$2 max=$3
+    shift 3
+    GW_NAME=$name
+    GW_PORT=$("$BENCH" freeport)
+    GW_URL=http://127.0.0.1:$GW_PORT
+    GW_STATE=$STATE_ROOT/$name-$LAUNCHER
+    GW_LOG=$OUT/gateway-$name-$LAUNCHER.log
+    mkdir -p "$GW_STATE"
+    GW_CGROUP=$("$BENCH" cgname --state-dir "$GW_STATE")
+    # A clean environment: the gateway reads every option from the environment too.
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 AUTH_TOKEN="$TOKEN" \
+        setsid "$GATEWAY_BIN" --host 127.0.0.1 --port "$GW_PORT" --state-dir "$GW_STATE" \
+        --launcher "$LAUNCHER" --min-idle-workers "$min" --max-total-workers "$max" "$@" \
+        >"$GW_LOG" 2>&1 &
+    GW_PID=$!
+    STARTED_GATEWAYS+=("$GW_PID")
+    local deadline=$((SECONDS + 60 + 3 * min)) ready failed
+    while [ $SECONDS -lt $deadline ]; do
+        if ! kill -0 "$GW_PID" 2>/dev/null; then
+            echo "run.sh: gateway $name exited:" >&2
+            tail -5 "$GW_LOG" >&2
+            GW_PID=
+            return 1
+        fi
+        if "$BENCH" wait --url "$GW_URL" --token "$TOKEN" --idle "$min" --timeout 1 2>/dev/null; then
+            return 0
+        fi
+        ready=$(grep -c '"worker ready"' "$GW_LOG" || true)
+        failed=$(grep -c '"worker start failed"' "$GW_LOG" || true)
+        if [ "$ready" -eq 0 ] && [ "$failed" -ge 3 ]; then
+            echo "run.sh: gateway $name: workers fail to start:" >&2
+            grep '"worker start failed"' "$GW_LOG" | tail -2 >&2
+            stop_gateway
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "run.sh: gateway $name not ready in time" >&2
+    tail -5 "$GW_LOG" >&2
+    stop_gateway
+    return 1
+}
+
+start_gateway() {
+    say "starting gateway '$1' (launcher $LAUNCHER, pool $2 idle / $3 max ${*:4})"
+    if start_gateway_once "$@"; then return 0; fi
+    if [ "$LAUNCHER" = runc ] && [ "${BENCH_NO_FALLBACK:-0}" != 1 ]; then
+        warn "the runc launcher did not work here; FALLING BACK TO THE UNSANDBOXED PROCESS LAUNCHER for the rest of this run (figures are not those of the sandboxed product)"
+        LAUNCHER=process
+        start_gateway_once "$@" && return 0
+    fi
+    echo "run.sh: cannot start the gateway" >&2
+    exit 1
+}
+
+settle() { # the pool is back to its minimum, nothing starting or stopping, the CPUs are idle
+    "$BENCH" wait --url "$GW_URL" --token "$TOKEN" --timeout 180 || true
+    "$BENCH" quiet --busy-pct 15 --timeout 20
+}
+
+bench_run() { # label target url token cpu-pid rep seed [extra args]
+    local label=$1 target=$2 url=$3 tok=$4 pid=$5 rep=$6 seed=$7
+    shift 7
+    timeout --signal=TERM --kill-after=10 "${RUN_TIMEOUT}" \
+        "$BENCH" run --label "$label" --target "$target" --url "$url" --token "$tok" \
+        --users "$USERS" --requests "$REQUESTS" --cpu-pid "$pid" --rep "$rep" --seed "$seed" \
+        --launcher "$LAUNCHER" --workdir "$STATE_ROOT/k" "$@" >>"$RESULTS" ||
+        warn "workload $label (repetition $rep) did not finish (exit $?)"
+}
+
+# Generous but bounded: every request could take its full timeout only in a broken run.
+RUN_TIMEOUT=$((240 + USERS * REQUESTS / 5))
+RUNS_START=$SECONDS
+ASKED_LAUNCHER=$LAUNCHER
+
+# ---- phase A: 1a with the seed's pool, and the warm-pool first result ------------------------------
+IFS=/ read -r A_MIN A_MAX <<<"$POOL_1A"
+if ! skip 1a || ! skip first; then
+    start_gateway A "$A_MIN" "$A_MAX"
+    if ! skip first; then
+        say "first result for a new user, pool warm ($FIRST_SAMPLES samples)"
+        settle
+        timeout 900 "$BENCH" first --url "$GW_URL" --token "$TOKEN" --mode warm \
+            --samples "$FIRST_SAMPLES" >>"$RESULTS" || warn "first (warm) did not finish"
+    fi
+    if ! skip 1a; then
+        for ((rep = 1; rep <= REPEAT_1A; rep++)); do
+            say "workload 1a, repetition $rep: $USERS x $REQUESTS, think $THINK_MIN-$THINK_MAX s, pool $POOL_1A"
+            settle
+            bench_run 1a execute "$GW_URL" "$TOKEN" "$GW_PID" "$rep" "$RANDOM$RANDOM" \
+                --think-min "$THINK_MIN" --think-max "$THINK_MAX" --kernels-cgroup "$GW_CGROUP"
+        done
+    fi
+    "$BENCH" gwlog --file "$GW_LOG" --label "A, pool $POOL_1A" >>"$RESULTS" || true
+    stop_gateway
+fi
+
+# ---- phase B: 1b, 3 and 2 (kbox, Jupyter Server), interleaved per repetition ---------------------
+IFS=/ read -r B_MIN B_MAX <<<"$POOL_1B"
+JS_URL= JS_TOKEN=
+if ! skip 1b || ! skip 2 || ! skip 3; then
+    start_gateway B "$B_MIN" "$B_MAX"
+    if ! skip 2 && ! skip jupyter; then
+        JS_PORT=$("$BENCH" freeport)
+        JS_URL=http://127.0.0.1:$JS_PORT
+        JS_TOKEN=js-$TOKEN
+        mkdir -p "$STATE_ROOT/jupyter/home" "$STATE_ROOT/jupyter/root"
+        say "starting a stock Jupyter Server on $JS_URL"
+        env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$STATE_ROOT/jupyter/home" \
+            JUPYTER_RUNTIME_DIR="$STATE_ROOT/jupyter/runtime" \
+            setsid $PY -m jupyter_server --ServerApp.token="$JS_TOKEN" --ServerApp.ip=127.0.0.1 \
+            --ServerApp.port="$JS_PORT" --ServerApp.port_retries=0 --allow-root \
+            --ServerApp.open_browser=False --ServerApp.root_dir="$STATE_ROOT/jupyter/root" \
+            >"$OUT/jupyter-server.log" 2>&1 &
+        JS_PID=$!
+        for ((i = 0; i < 300; i++)); do
+            curl -fs -o /dev/null -H "Authorization: token $JS_TOKEN" "$JS_URL/api/status" && break
+            kill -0 "$JS_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        curl -fs -o /dev/null -H "Authorization: token $JS_TOKEN" "$JS_URL/api/status" ||
+            { warn "Jupyter Server did not start (see $OUT/jupyter-server.log)"; stop_jupyter; JS_URL=; }
+    fi
+    for ((rep = 1; rep <= REPEAT; rep++)); do
+        seed=$RANDOM$RANDOM # the same users, scenarios and code for every target of this repetition
+        if ! skip 1b; then
+            say "workload 1b, repetition $rep/$REPEAT: $USERS x $REQUESTS, no think time, pool $POOL_1B"
+            settle
+            if [ "$PERF" = 1 ] && [ "$rep" = 1 ] && command -v perf >/dev/null; then
+                perf record -F 999 -g -p "$GW_PID" -o "$OUT/perf-gateway-1b.data" >/dev/null 2>&1 &
+                PERF_PID=$!
+            fi
+            bench_run 1b execute "$GW_URL" "$TOKEN" "$GW_PID" "$rep" "$seed" --kernels-cgroup "$GW_CGROUP"
+            if [ -n "$PERF_PID" ]; then
+                kill -INT "$PERF_PID" 2>/dev/null || true
+                wait "$PERF_PID" 2>/dev/null || true
+                PERF_PID=
+                perf report -i "$OUT/perf-gateway-1b.data" --stdio --no-children --percent-limit 1 \
+                    >"$OUT/perf-gateway-1b.txt" 2>/dev/null || true
+            fi
+        fi
+        if ! skip 3; then
+            say "workload 3, repetition $rep/$REPEAT: the same steps over ZeroMQ, no gateway"
+            settle
+            bench_run 3 zmq "" "" 0 "$rep" "$seed" --python "$PY"
+        fi
+        if ! skip 2; then
+            say "workload 2, repetition $rep/$REPEAT: kernels API + WebSocket, kbox"
+            settle
+            bench_run 2-kbox kernels "$GW_URL" "$TOKEN" "$GW_PID" "$rep" "$seed" \
+                --server kbox --kernels-cgroup "$GW_CGROUP"
+            if [ -n "$JS_URL" ]; then
+                say "workload 2, repetition $rep/$REPEAT: kernels API + WebSocket, Jupyter Server"
+                settle
+                bench_run 2-jupyter kernels "$JS_URL" "$JS_TOKEN" "$JS_PID" "$rep" "$seed" --server jupyter
+            fi
+        fi
+    done
+    stop_jupyter
+    "$BENCH" gwlog --file "$GW_LOG" --label "B, pool $POOL_1B" >>"$RESULTS" || true
+    stop_gateway
+fi
+
+# ---- phase C: empty pool (first result), memory at N sessions, capacity ------------------------
+if ! skip cold || ! skip mem; then
+    # Worker disks are fallocated: at the default 500 MB, 200 sessions would need 100 GB. The
+    # ramp uses small disks and a large disk reserve (so a shared machine never fills up); the
+    # disk bound at the default size is computed from the free space instead (docs).
+    start_gateway C 0 "$((CAPACITY_MAX + 10))" --worker-disk-mb "$MEM_DISK_MB" \
+        --disk-reserve-mb 20480
+    if ! skip cold; then
+        say "first result for a new user, pool empty ($COLD_SAMPLES samples)"
+        settle
+        timeout 600 "$BENCH" first --url "$GW_URL" --token "$TOKEN" --mode cold \
+            --samples "$COLD_SAMPLES" >>"$RESULTS" || warn "first (cold) did not finish"
+    fi
+    if ! skip mem; then
+        say "memory at $MEM_AT sessions, then capacity up to $CAPACITY_MAX sessions"
+        settle
+        timeout 1500 "$BENCH" mem --url "$GW_URL" --token "$TOKEN" --gw-pid "$GW_PID" \
+            --at "$MEM_AT" --max "$CAPACITY_MAX" --batch 8 --reserve-mb "$MEM_RESERVE_MB" \
+            --kernels-cgroup "$GW_CGROUP" >>"$RESULTS" || warn "memory/capacity probe did not finish"
+        DISK_FREE_MB=$(df -Pm "$STATE_ROOT" | awk 'NR==2 {print $4}')
+        meta disk "$DISK_FREE_MB MB free where worker disks live: at the default 500 MB per session that alone bounds the machine to ~$(((DISK_FREE_MB - 1024) / 500)) sessions"
+    fi
+    "$BENCH" gwlog --file "$GW_LOG" --label "C, empty pool + ramp" >>"$RESULTS" || true
+    stop_gateway
+fi
+
+# ---- kernel start, step by step (no gateway) --------------------------------------------------------
+if ! skip kstart; then
+    say "kernel start steps ($KSTART_SAMPLES samples)"
+    timeout 300 "$BENCH" kstart --python "$PY" --samples "$KSTART_SAMPLES" \
+        --workdir "$STATE_ROOT/kstart" >>"$RESULTS" || warn "kstart did not finish"
+fi
+
+if [ "$LAUNCHER" = "$ASKED_LAUNCHER" ]; then
+    meta launcher "$LAUNCHER"
+else
+    meta launcher "$LAUNCHER (asked for $ASKED_LAUNCHER, which failed: see the warning)"
+fi
+meta duration "$((SECONDS - RUNS_START)) s of measuring (after the build); ulimit -n $(ulimit -n)"
+"$BENCH" report --file "$RESULTS" | tee "$OUT/table.txt"
+echo "run.sh: results in $OUT" >&2
