@@ -53,7 +53,7 @@ void log_emit(int level, const char *module, const char *msg, const char *ctx_fm
         json_error_t err;
         json_t *ctx = json_vpack_ex(&err, 0, ctx_fmt, ap);
         va_end(ap);
-        if (ctx && json_is_object(ctx))
+        if (json_is_object(ctx))
             json_object_update(obj, ctx);
         json_decref(ctx);
     }

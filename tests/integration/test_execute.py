@@ -161,7 +161,12 @@ def test_os_exit_gives_503(gw):
     assert gw.execute(u, "print(1)").json()["stdout"] == "1\n"
 
 
-def test_thirty_users_concurrently(gw):
+def test_thirty_users_concurrently(make_gateway):
+    # Half the users find a warm worker, the rest wait for new ones (bounded generously: a
+    # loaded CI machine starts sandboxed kernels slowly; this is about correctness).
+    gw = make_gateway(["--min-idle-workers", "15", "--max-total-workers", "40",
+                       "--acquire-timeout-ms", "120000"]).start()
+    gw.wait_status(lambda s: s["idle_workers"] == 15, timeout=180)
     users = [uid() for _ in range(30)]
 
     def run(u):

@@ -1,0 +1,89 @@
+/* What the native kernel's two halves share (internal to kernel-host/).
+ *
+ *   I/O thread (kernel.c)                      main thread (pyshell.c)
+ *   owns every ZeroMQ socket, the event loop,  runs CPython and IPython's shell; the only
+ *   the stdout/stderr pipes; never takes the   thread that executes user code; never touches
+ *   GIL, so heartbeat, control and output      a socket
+ *   flow while user code runs
+ *
+ *           req_q:   requests (shell messages, shutdown)   I/O -> Python
+ *           stdin_q: input_reply messages                  I/O -> Python
+ *           out_q:   messages to send, in order            Python -> I/O
+ *
+ * Everything else they both see is immutable after start (kernel_info, session, fds).
+ * JSON values cross threads only by ownership transfer, or read-only with jansson's atomic
+ * reference counts (request headers used as parent_header). */
+#pragma once
+
+#include "jwire.h"
+#include "kq.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Requests handed to the Python thread. */
+typedef enum {
+    KREQ_MSG,      /* a shell-channel message */
+    KREQ_SHUTDOWN, /* run atexit handlers, answer KOUT_PY_EXITED */
+} kreq_kind_t;
+
+typedef struct {
+    kreq_kind_t kind;
+    jwire_msg_t *msg; /* KREQ_MSG: owned */
+    uint64_t seq;     /* arrival order of shell requests (for stop_on_error aborts) */
+} kreq_t;
+
+/* Items the Python thread hands to the I/O thread. */
+typedef enum {
+    KOUT_MSG,       /* send a message */
+    KOUT_PY_READY,  /* Python and IPython are initialized */
+    KOUT_PY_EXITED, /* shutdown: atexit handlers ran, exit now */
+} kout_kind_t;
+
+enum {
+    /* Before this iopub message, output still in the pipes is published under the old
+     * parent; after it, stream output goes under this message's parent. */
+    KOUT_F_STREAM_PARENT = 1u,
+    /* The last message of a shell request (its idle status). */
+    KOUT_F_REQUEST_DONE = 2u,
+};
+
+typedef struct {
+    kout_kind_t kind;
+    unsigned flags;
+    jwire_channel_t ch;   /* JWIRE_SHELL, JWIRE_IOPUB or JWIRE_STDIN */
+    const char *msg_type; /* static string */
+    json_t *parent;       /* reference, or NULL for {} */
+    zmsg_t *ids;          /* owned routing ids (shell, stdin), or NULL */
+    json_t *content;      /* owned */
+    json_t *metadata;     /* owned, or NULL for {} */
+} kout_t;
+
+kout_t *kout_new(kout_kind_t kind, jwire_channel_t ch, const char *msg_type, json_t *parent,
+                 const zmsg_t *ids, json_t *content, json_t *metadata, unsigned flags);
+void kout_free(void *item);
+void kreq_free(void *item);
+
+typedef struct {
+    kq_t *req_q;
+    kq_t *stdin_q;
+    kq_t *out_q;
+    json_t *kernel_info; /* kernel_info_reply content, immutable */
+    char session[37];
+    _Atomic uint64_t last_seq; /* seq of the newest shell request queued for Python */
+    int log_fd;                /* the kernel host's own stderr (fd 2 is the user's pipe) */
+    int out_w[2];              /* private copies of the pipes behind fds 1 and 2 */
+    dev_t out_dev[2];
+    ino_t out_ino[2];
+    pthread_t main_thread;
+    uint64_t start_us; /* monotonic, when the kernel process started */
+} kshared_t;
+
+/* Logging of the kernel host itself: a JSON line on sh->log_fd. Never user code. */
+void klog(int level, const char *msg, const char *ctx_fmt, ...);
+
+/* The main thread's part: initializes CPython + IPython, then serves requests forever. Returns
+ * only if Python could not be started (-errno); the process then exits. */
+int kpy_run(kshared_t *sh);
