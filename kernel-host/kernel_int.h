@@ -18,6 +18,7 @@
 #include "jwire.h"
 #include "kq.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -83,6 +84,9 @@ typedef struct {
 
 /* Logging of the kernel host itself: a JSON line on sh->log_fd. Never user code. */
 void klog(int level, const char *msg, const char *ctx_fmt, ...);
+
+/* Py_GetVersion(), callable before Python is initialized. */
+const char *kpy_version(void);
 
 /* The main thread's part: initializes CPython + IPython, then serves requests forever. Returns
  * only if Python could not be started (-errno); the process then exits. */

@@ -22,7 +22,26 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 ctest --test-dir build --output-on-failure
 
-# 3. Formatting.
+# 3. Every parser under libFuzzer (clang, ASan+UBSan), briefly: a regression net, not a campaign.
+CC=clang cmake -S . -B build-fuzz -DKBOX_FUZZ=ON >/dev/null
+fuzzers="fuzz_jwire_decode fuzz_jwire_conn fuzz_http fuzz_ws fuzz_wsframe"
+cmake --build build-fuzz -j"$(nproc)" --target $fuzzers >/dev/null
+for f in $fuzzers; do
+  bin=$(find build-fuzz -name "$f" -type f -perm -u+x | head -1)
+  corpus=$(mktemp -d)
+  "$bin" -max_total_time="${KBOX_FUZZ_SECONDS:-15}" -rss_limit_mb=2048 "$corpus" >/dev/null 2>build-fuzz/$f.log ||
+    { tail -40 build-fuzz/$f.log; echo "fuzzer $f failed" >&2; exit 1; }
+  rm -rf "$corpus"
+  echo "fuzz: $f ok ($(grep -o 'Done [0-9]* runs' build-fuzz/$f.log))"
+done
+
+# 4. Format and lint.
 files=$(git ls-files '*.c' '*.h')
 clang-format --dry-run -Werror $files
+if ! tidy=$(git ls-files '*.c' | grep -v -e '^bench/' -e '^tests/fuzz/' |
+    xargs -P"$(nproc)" -n4 clang-tidy -p build --quiet 2>/dev/null); then
+  echo "$tidy" | grep -E '(error|warning):' >&2
+  echo "tests/run.sh: clang-tidy found problems" >&2
+  exit 1
+fi
 echo "tests/run.sh: all passed"

@@ -823,7 +823,6 @@ static void test_enospc_without_room(void **state) {
 
 static void test_200_cycles_leave_nothing(void **state) {
     fixture_t *f = *state;
-    int loops_before = count_loops(NULL);
     uint64_t t0 = now_mono_us();
     for (int i = 0; i < 200; i++) {
         char name[16];
@@ -836,8 +835,8 @@ static void test_200_cycles_leave_nothing(void **state) {
             fail_msg("remove %s: %d", name, r);
     }
     printf("    200 create+destroy cycles of 16 MiB disks: %.0f ms\n", ms_since(t0));
+    /* Only our images count: other processes on the host may use loop devices meanwhile. */
     assert_int_equal(count_loops(f->images), 0);
-    assert_int_equal(count_loops(NULL), loops_before);
     assert_int_equal(mounts_under(f->base), 0);
     assert_int_equal(count_entries(f->images), 0);
     assert_int_equal(count_entries(f->mounts), 0);

@@ -1,0 +1,321 @@
+"""kbox native kernel: the Python side, minimal glue around IPython's InteractiveShell.
+
+The Jupyter protocol (sockets, signing, JSON, status, ordering) and the output streams live
+in C (kernel-host/kernel.c, pyshell.c). This module, compiled into kbox-kernel-host and run
+by its embedded CPython, only:
+  - builds the shell with a display hook, display publisher, traceback display, pager and
+    input() that hand their data to the C module `_kbox`;
+  - offers the entry points the C side calls per request (run, complete, inspect,
+    is_complete, history, user_expressions), shaped as ipykernel 6.17 shapes them.
+It never speaks the protocol itself and never serializes JSON.
+"""
+import builtins
+import os
+import sys
+
+import _kbox
+
+SESSION = 1  # history session number of this kernel (history is in memory only)
+
+
+def _lazy_ipython_package():
+    """Import the IPython package without running IPython/__init__.py yet.
+
+    IPython's __init__ imports the terminal frontend (prompt_toolkit, the debugger, about
+    0.3 s of the kernel's start) that a kernel never uses. The package module is created
+    from its spec without executing it; the first access to an attribute of the package
+    itself (IPython.__version__, `from IPython import embed`, ...) runs the real __init__
+    in place, so user code sees the complete package. Submodule imports
+    (IPython.display, IPython.core...) work as usual throughout.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("IPython")
+    mod = importlib.util.module_from_spec(spec)
+    state = {"loaded": False}
+
+    def __getattr__(name):
+        if name == "get_ipython" and not state["loaded"]:
+            from IPython.core.getipython import get_ipython
+
+            return get_ipython
+        if not state["loaded"]:
+            state["loaded"] = True
+            spec.loader.exec_module(mod)
+        try:
+            return mod.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module 'IPython' has no attribute {name!r}") from None
+
+    mod.__getattr__ = __getattr__
+    sys.modules["IPython"] = mod
+
+
+def _safe_str(obj):
+    try:
+        return str(obj)
+    except BaseException:  # a hostile __str__ must not break error reporting
+        return "<unprintable %s object>" % type(obj).__name__
+
+
+def _make_shell():
+    from traitlets import Any, CBool, Instance, Type, default
+
+    from IPython.core import page, payloadpage
+    from IPython.core.autocall import ZMQExitAutocall
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.history import HistoryManager
+    from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
+
+    class KboxDisplayHook(DisplayHook):
+        """The last expression of a cell: execute_result, sent by C."""
+
+        def start_displayhook(self):
+            pass
+
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            _kbox.execute_result(self.prompt_count, format_dict, md_dict or {})
+
+        def finish_displayhook(self):
+            pass
+
+    class KboxDisplayPublisher(DisplayPublisher):
+        """display() and rich reprs: display_data / update_display_data, sent by C."""
+
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False,
+                    **kwargs):
+            self._validate_data(data, metadata)
+            _kbox.display_data(data, metadata or {}, transient or {}, bool(update))
+
+        def clear_output(self, wait=False):
+            _kbox.clear_output(bool(wait))
+
+    class KboxHistory(HistoryManager):
+        """History in memory only: no SQLite file, no saving thread, no write per cell."""
+
+        enabled = CBool(False)
+
+        def store_inputs(self, line_num, source, source_raw=None):
+            super().store_inputs(line_num, source, source_raw)
+            # Only a saving thread (which we do not run) would drain this cache.
+            self.db_input_cache.clear()
+
+    class ZMQInteractiveShell(InteractiveShell):
+        """IPython's shell as ipykernel configures it.
+
+        Named like ipykernel's class on purpose: libraries (tqdm, plotly, pandas' options)
+        detect a notebook kernel by this class name.
+        """
+
+        displayhook_class = Type(KboxDisplayHook)
+        display_pub_class = Type(KboxDisplayPublisher)
+        readline_use = CBool(False)
+        autoindent = CBool(False)
+        exiter = Instance(ZMQExitAutocall)
+        kernel = Any(None)
+        keepkernel_on_exit = None
+        _last_traceback = None
+
+        @default("exiter")
+        def _default_exiter(self):
+            return ZMQExitAutocall(self)
+
+        def init_history(self):
+            self.history_manager = KboxHistory(shell=self, parent=self)
+            self.configurables.append(self.history_manager)
+
+        def init_environment(self):
+            env = os.environ
+            env["TERM"] = "xterm-color"
+            env["CLICOLOR"] = "1"
+            env["PAGER"] = "cat"
+            env["GIT_PAGER"] = "cat"
+
+        def init_hooks(self):
+            super().init_hooks()
+            # `obj?` and %page become a "page" payload of the execute_reply.
+            self.set_hook("show_in_pager", page.as_hook(payloadpage.page), 99)
+
+        def init_virtualenv(self):
+            pass
+
+        def ask_exit(self):
+            self.exit_now = not self.keepkernel_on_exit
+            self.payload_manager.write_payload(
+                dict(source="ask_exit", keepkernel=self.keepkernel_on_exit))
+
+        def set_next_input(self, text, replace=False):
+            self.payload_manager.write_payload(
+                dict(source="set_next_input", text=text, replace=replace))
+
+        def run_cell(self, *args, **kwargs):
+            self._last_traceback = None
+            return super().run_cell(*args, **kwargs)
+
+        def _showtraceback(self, etype, evalue, stb):
+            _kbox.error(_safe_str(getattr(etype, "__name__", etype)), _safe_str(evalue),
+                        [_safe_str(s) for s in stb])
+            self._last_traceback = stb
+
+        def enable_gui(self, gui=None):
+            if gui not in (None, "inline"):
+                from IPython.core.error import UsageError
+
+                raise UsageError("GUI event loops are not available in this kernel")
+
+    InteractiveShellABC.register(ZMQInteractiveShell)
+    return ZMQInteractiveShell.instance()
+
+
+shell = None
+
+
+def init():
+    """Called once by C, before the first request."""
+    global shell
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # fd 1 and 2 are pipes to iopub: line buffering, so output flows while a cell runs and
+    # a print costs one write(2).
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.reconfigure(encoding="utf-8", errors="backslashreplace", line_buffering=True)
+        except Exception:
+            pass
+    _lazy_ipython_package()
+    shell = _make_shell()
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # import from the working directory, as ipykernel does
+    builtins.input = _kbox.input
+    import getpass
+
+    getpass.getpass = _kbox.getpass
+    return shell
+
+
+def run(code, silent, store_history):
+    """Runs one cell. Returns (execution_count, payload) on success, or
+    (execution_count, payload, ename, evalue, traceback) on error."""
+    res = shell.run_cell(code, store_history=store_history, silent=silent)
+    count = shell.execution_count - 1
+    pm = shell.payload_manager
+    payload = pm.read_payload()
+    if payload:
+        pm.clear_payload()
+    else:
+        payload = None
+    if res.success:
+        return (count, payload)
+    err = res.error_before_exec if res.error_before_exec is not None else res.error_in_exec
+    return (count, payload, _safe_str(type(err).__name__), _safe_str(err),
+            shell._last_traceback or [])
+
+
+def user_expressions(expressions):
+    return shell.user_expressions(expressions)
+
+
+def complete(code, cursor_pos):
+    from IPython.core.completer import provisionalcompleter, rectify_completions
+
+    if cursor_pos is None:
+        cursor_pos = len(code)
+    with provisionalcompleter():
+        completions = list(rectify_completions(code, shell.Completer.completions(code,
+                                                                                 cursor_pos)))
+    comps = [dict(start=c.start, end=c.end, text=c.text, type=c.type, signature=c.signature)
+             for c in completions]
+    if completions:
+        start, end = completions[0].start, completions[0].end
+    else:
+        start = end = cursor_pos
+    return {"matches": [c.text for c in completions], "cursor_start": start, "cursor_end": end,
+            "metadata": {"_jupyter_types_experimental": comps}, "status": "ok"}
+
+
+def inspect(code, cursor_pos, detail_level=0, omit_sections=()):
+    from IPython.utils.tokenutil import token_at_cursor
+
+    if cursor_pos is None:
+        cursor_pos = len(code)
+    name = token_at_cursor(code, cursor_pos)
+    reply = {"status": "ok", "data": {}, "metadata": {}, "found": False}
+    try:
+        bundle = shell.object_inspect_mime(name, detail_level=detail_level,
+                                           omit_sections=set(omit_sections or ()))
+        reply["data"].update(bundle)
+        if not shell.enable_html_pager:
+            reply["data"].pop("text/html", None)
+        reply["found"] = True
+    except KeyError:
+        pass
+    return reply
+
+
+def is_complete(code):
+    status, indent = shell.input_transformer_manager.check_complete(code)
+    reply = {"status": status}
+    if status == "incomplete":
+        reply["indent"] = " " * (indent or 0)
+    return reply
+
+
+def history(hist_access_type=None, output=False, raw=True, session=0, start=0, stop=None,
+            n=None, pattern=None, unique=False, **_):
+    """tail, range and search over this kernel's in-memory history (IPython's semantics;
+    there are no earlier sessions)."""
+    import fnmatch
+
+    hm = shell.history_manager
+    inputs = hm.input_hist_raw if raw else hm.input_hist_parsed
+    outputs = hm.output_hist_reprs
+    count = len(inputs)  # inputs[0] is IPython's empty placeholder
+
+    def entry(i):
+        return (SESSION, i, (inputs[i], outputs.get(i)) if output else inputs[i])
+
+    if hist_access_type == "tail":
+        n = 10 if n is None else max(0, int(n))
+        lines = range(max(1, count - n), count)
+    elif hist_access_type == "range":
+        session = int(session or 0)
+        if session > 0 and session != SESSION:
+            lines = range(0)
+        else:
+            start = int(start or 0)
+            stop = None if stop is None else int(stop)
+            if start < 0:
+                start += count
+            if not stop or stop > count:
+                stop = count
+            elif stop < 0:
+                stop += count
+            lines = range(max(0, start), stop)
+    elif hist_access_type == "search":
+        pattern = "*" if pattern is None else pattern
+        search = hm.input_hist_raw
+        found, seen = [], set()
+        for i in range(count - 1, 0, -1):
+            if not fnmatch.fnmatchcase(search[i], pattern):
+                continue
+            if unique:
+                if search[i] in seen:
+                    continue
+                seen.add(search[i])
+            found.append(i)
+            if n is not None and len(found) >= int(n):
+                break
+        lines = reversed(found)
+    else:
+        lines = range(0)
+    return {"status": "ok", "history": [entry(i) for i in lines]}
+
+
+def at_exit():
+    """Shutdown: what a normal interpreter exit runs."""
+    import atexit
+
+    atexit._run_exitfuncs()
