@@ -454,7 +454,7 @@ int bench_cmd_first(int argc, char **argv) {
     for (int i = 0; i < samples; i++) {
         if (wait_settled(url, token, -1, 120, NULL) < 0)
             bench_note("first: pool not settled; measuring anyway");
-        wait_quiet(20, 10);
+        wait_quiet(20, 3);
         char user[40] = "bench-first-";
         random_hex(user + strlen(user), 8);
         double ms, wms[3];
@@ -468,7 +468,7 @@ int bench_cmd_first(int argc, char **argv) {
         /* The pool replaces the worker the user took: let that finish before the warm
          * requests, so they measure a warm request and not a kernel start. */
         wait_settled(url, token, -1, 120, NULL);
-        wait_quiet(20, 10);
+        wait_quiet(20, 3);
         bool ok = true;
         for (int k = 0; k < 3 && ok; k++)
             ok = post_execute(c, hdr, user, "x += 1; print(x)", &wms[k], &status, why,
@@ -544,7 +544,7 @@ int bench_cmd_kstart(int argc, char **argv) {
     int n = 0;
     char err[256] = "";
     for (int i = 0; i < samples; i++) {
-        wait_quiet(20, 10);
+        wait_quiet(20, 3);
         char *a1[] = {(char *)py, "-c", "pass", NULL};
         char *a2[] = {(char *)py, "-c", "import ipykernel.kernelapp", NULL};
         double py_ms = time_cmd(a1), imp_ms = time_cmd(a2);
@@ -552,7 +552,7 @@ int bench_cmd_kstart(int argc, char **argv) {
         random_hex(rnd, 8);
         snprintf(dir, sizeof dir, "%s/%s", wd, rnd);
         kclient_times_t t;
-        wait_quiet(20, 10);
+        wait_quiet(20, 3);
         kclient_t *k = kclient_start(py, dir, 60000, 10, &t, err, sizeof err);
         if (!k) {
             bench_note("kstart: %s", err);

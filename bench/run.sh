@@ -284,7 +284,7 @@ start_gateway() {
 
 settle() { # the pool is back to its minimum, nothing starting or stopping, the CPUs are idle
     "$BENCH" wait --url "$GW_URL" --token "$TOKEN" --timeout 180 || true
-    "$BENCH" quiet --busy-pct 15 --timeout 20
+    "$BENCH" quiet --busy-pct 15 --timeout 10
 }
 
 bench_run() { # label target url token cpu-pid rep seed [extra args]

@@ -88,7 +88,7 @@ struct gw_worker {
     bool netns_adopted; /* reattached: no handle, removed by name */
     char reserved_for[40]; /* kernel_id of the session this worker was started for, or "" */
     char owner_kernel_id[40]; /* session owning the disk at cleanup (to tell it when done) */
-    uint64_t t_disk_us, t_netns_us;
+    uint64_t t_disk_us, t_netns_us, t_launch_us; /* start steps, for the ready log */
 };
 
 int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret);

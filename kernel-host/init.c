@@ -18,6 +18,8 @@ int khost_args_parse(int argc, char *const *argv, khost_args_t *ret) {
     if (argc < 1 || !argv || !ret)
         return -EINVAL;
     khost_kernel_t kernel = KHOST_KERNEL_EXEC;
+    const char *conn_file = NULL;
+    bool no_init = false;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -25,6 +27,16 @@ int khost_args_parse(int argc, char *const *argv, khost_args_t *ret) {
         if (streq(a, "--")) {
             i++;
             break;
+        }
+        if (streq(a, "-f")) {
+            if (i + 1 >= argc || !argv[i + 1][0])
+                return -EINVAL;
+            conn_file = argv[++i];
+            continue;
+        }
+        if (streq(a, "--no-init")) {
+            no_init = true;
+            continue;
         }
         if (streq(a, "--kernel")) {
             if (i + 1 >= argc)
@@ -45,12 +57,14 @@ int khost_args_parse(int argc, char *const *argv, khost_args_t *ret) {
             return -EINVAL;
     }
     bool has_cmd = i < argc && argv[i] && argv[i][0] != '\0';
-    if (kernel == KHOST_KERNEL_EXEC && !has_cmd)
+    if (kernel == KHOST_KERNEL_EXEC && (!has_cmd || conn_file || no_init))
         return -EINVAL;
-    if (kernel == KHOST_KERNEL_NATIVE && i < argc)
+    if (kernel == KHOST_KERNEL_NATIVE && (i < argc || !conn_file))
         return -EINVAL;
     ret->kernel = kernel;
     ret->argv = i < argc ? argv + i : NULL;
+    ret->conn_file = conn_file;
+    ret->no_init = no_init;
     return 0;
 }
 
@@ -71,7 +85,7 @@ static void signals_set(sigset_t *set) {
 
 /* In the child, before exec: default dispositions (runc or the gateway may have left
  * SIGPIPE ignored, and an ignored disposition survives exec), nothing blocked, own group. */
-static _Noreturn void child_exec(char *const *argv) {
+static _Noreturn void child_exec(const char *path, char *const *argv) {
     struct sigaction dfl = {.sa_handler = SIG_DFL};
     for (int s = 1; s < NSIG; s++)
         if (s != SIGKILL && s != SIGSTOP)
@@ -80,7 +94,10 @@ static _Noreturn void child_exec(char *const *argv) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     (void)setpgid(0, 0);
-    execvp(argv[0], argv);
+    if (path)
+        execv(path, argv);
+    else
+        execvp(argv[0], argv);
     _exit(errno == ENOENT ? 127 : 126);
 }
 
@@ -91,11 +108,21 @@ static void forward(pid_t kernel, int signo) {
 }
 
 int khost_init_run(const khost_args_t *args) {
-    if (!args)
+    if (!args || args->no_init)
         return -EINVAL;
-    if (args->kernel == KHOST_KERNEL_NATIVE)
-        return -EOPNOTSUPP;
-    if (!args->argv || !args->argv[0])
+    /* The native kernel is this binary again, as its own process: exec'd, not just forked,
+     * so it starts dumpable with a clean address space and nothing of the init's. */
+    char *native_argv[] = {"kbox-kernel-host", "--kernel", "native", "--no-init", "-f",
+                           (char *)args->conn_file, NULL};
+    const char *path = NULL;
+    char *const *argv = args->argv;
+    if (args->kernel == KHOST_KERNEL_NATIVE) {
+        if (!args->conn_file)
+            return -EINVAL;
+        path = "/proc/self/exe";
+        argv = native_argv;
+    }
+    if (!argv || !argv[0])
         return -EINVAL;
 
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
@@ -116,7 +143,7 @@ int khost_init_run(const khost_args_t *args) {
         return r;
     }
     if (kernel == 0)
-        child_exec(args->argv);
+        child_exec(path, argv);
     /* Also from this side, so a signal forwarded right away already finds the group. */
     (void)setpgid(kernel, kernel);
 

@@ -1,6 +1,8 @@
-/* kbox-kernel-host: the thin main over init.c (see init.h). Errors go to stderr as plain
- * lines: this runs inside the container, where stderr is the worker's log or /dev/null. */
+/* kbox-kernel-host: the thin main over init.c (the worker's init, see init.h) and kernel.c
+ * (the native kernel, see kernel.h). Errors go to stderr as plain lines: this runs inside the
+ * container, where stderr is the worker's log or /dev/null. */
 #include "init.h"
+#include "kernel.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -16,7 +18,16 @@ int main(int argc, char **argv) {
     khost_args_t args;
     int r = khost_args_parse(argc, argv, &args);
     if (r < 0) {
-        fprintf(stderr, "usage: kbox-kernel-host [--kernel exec|native] [--] COMMAND [ARG...]\n");
+        fprintf(stderr, "usage: kbox-kernel-host [--kernel exec|ipykernel] [--] COMMAND [ARG...]\n"
+                        "       kbox-kernel-host --kernel native [--no-init] -f CONNECTION_FILE\n");
+        return 125;
+    }
+    if (args.kernel == KHOST_KERNEL_NATIVE && args.no_init) {
+        /* The kernel process itself: as ordinary as ipykernel's (an exec'd process is
+         * dumpable again; we are no init, and nothing here is hidden from its own code). */
+        (void)prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+        r = khost_kernel_run(args.conn_file);
+        fprintf(stderr, "kbox-kernel-host: kernel: %s\n", strerror(-r));
         return 125;
     }
     r = khost_init_run(&args);

@@ -144,6 +144,14 @@ static const char *head_value(const char *head, const char *name) {
     return v;
 }
 
+/* The decimal number s starts with, or -1 when it starts with none or overflows. */
+static long parse_dec(const char *s) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return end == s || errno ? -1 : v;
+}
+
 /* One response; head_only for HEAD. 0 or -1. */
 static int cl_read_response(struct client *c, struct resp *r, bool head_only) {
     char *end;
@@ -153,7 +161,7 @@ static int cl_read_response(struct client *c, struct resp *r, bool head_only) {
     size_t hl = (size_t)(end - c->buf) + 4;
     snprintf(r->head, sizeof r->head, "%.*s", (int)hl, c->buf);
     cl_consume(c, hl);
-    r->status = atoi(r->head + 9);
+    r->status = (int)parse_dec(r->head + 9);
     r->body = NULL;
     r->body_len = 0;
     if (head_only || r->status < 200 || r->status == 204 || r->status == 304)
@@ -161,7 +169,7 @@ static int cl_read_response(struct client *c, struct resp *r, bool head_only) {
     const char *te = head_value(r->head, "Transfer-Encoding");
     bool chunked = te && strcasecmp(te, "chunked") == 0;
     const char *cls = head_value(r->head, "Content-Length");
-    long cl = cls ? atol(cls) : -1;
+    long cl = cls ? parse_dec(cls) : -1;
     if (chunked) {
         size_t cap = 1024;
         r->body = malloc(cap);
@@ -539,19 +547,22 @@ static void c_headers(struct harness *h) {
     char req[8192] = "GET /echo HTTP/1.1\r\n";
     for (int i = 0; i < 100; i++)
         snprintf(req + strlen(req), sizeof req - strlen(req), "X-H%d: v\r\n", i);
-    strcat(req, "\r\n");
+    snprintf(req + strlen(req), sizeof req - strlen(req), "\r\n");
     cl_send(&c, req);
     cl_read_response(&c, next_resp(h), false);
     cl_close(&c);
 
     if (cl_open(&c, h->port, 0) < 0)
         return;
-    size_t big = 20000;
-    char *r2 = malloc(big + 100);
-    strcpy(r2, "GET /echo HTTP/1.1\r\nX-Big: ");
-    size_t l = strlen(r2);
+    size_t big = 20000, cap = big + 100;
+    char *r2 = malloc(cap);
+    if (!r2) {
+        cl_close(&c);
+        return;
+    }
+    size_t l = (size_t)snprintf(r2, cap, "GET /echo HTTP/1.1\r\nX-Big: ");
     memset(r2 + l, 'v', big);
-    strcpy(r2 + l + big, "\r\n\r\n");
+    snprintf(r2 + l + big, cap - l - big, "\r\n\r\n");
     cl_send(&c, r2);
     free(r2);
     cl_read_response(&c, next_resp(h), false);

@@ -38,12 +38,27 @@ static void test_parse_exec(void **state) {
 
 static void test_parse_native(void **state) {
     khost_args_t a = {.kernel = KHOST_KERNEL_EXEC};
-    assert_int_equal(PARSE(&a, "kh", "--kernel", "native"), 0);
+    assert_int_equal(PARSE(&a, "kh", "--kernel", "native", "-f", "/run/kbox/kernel.json"), 0);
     assert_int_equal(a.kernel, KHOST_KERNEL_NATIVE);
     assert_null(a.argv);
-    assert_int_equal(khost_init_run(&a), -EOPNOTSUPP);
-    /* The native kernel takes no command. */
+    assert_string_equal(a.conn_file, "/run/kbox/kernel.json");
+    assert_false(a.no_init);
+
+    assert_int_equal(PARSE(&a, "kh", "-f", "k.json", "--no-init", "--kernel=native"), 0);
+    assert_true(a.no_init);
+    assert_string_equal(a.conn_file, "k.json");
+    /* The init does not run the kernel in its own process. */
+    assert_int_equal(khost_init_run(&a), -EINVAL);
+
+    /* The native kernel takes no command and needs a connection file. */
     assert_int_equal(PARSE(&a, "kh", "--kernel=native", "--", "/bin/true"), -EINVAL);
+    assert_int_equal(PARSE(&a, "kh", "--kernel=native", "-f", "k", "--", "/bin/true"), -EINVAL);
+    assert_int_equal(PARSE(&a, "kh", "--kernel", "native"), -EINVAL);
+    assert_int_equal(PARSE(&a, "kh", "--kernel", "native", "-f"), -EINVAL);
+    assert_int_equal(PARSE(&a, "kh", "--kernel", "native", "-f", ""), -EINVAL);
+    /* ... and the exec kernel takes neither. */
+    assert_int_equal(PARSE(&a, "kh", "-f", "k.json", "/bin/true"), -EINVAL);
+    assert_int_equal(PARSE(&a, "kh", "--no-init", "/bin/true"), -EINVAL);
 }
 
 static void test_parse_errors(void **state) {
