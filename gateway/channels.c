@@ -2,7 +2,15 @@
  * kernel's key: clients send unsigned messages, we sign them onto the kernel's channels and
  * verify everything that comes back. Several clients may share a kernel: iopub goes to all of
  * them, a shell/control/stdin message goes to the client whose request it answers (routed by
- * the parent msg_id). A slow client is disconnected rather than buffered without bound. */
+ * the parent msg_id).
+ *
+ * Memory per client is bounded in two steps. Past OUT_SOFT_BYTES of unsent data, output
+ * messages (stream, display data, results) are dropped for that client only, and it is told so
+ * once per episode by a stderr stream message, as Jupyter Notebook's IOPub rate limit does;
+ * status, replies, errors and comms still flow, so its frontend never waits forever for an
+ * idle that was dropped. Past the hard limit the client is disconnected (1008). A burst of
+ * output that a healthy client reads a little late thus costs it some output, not its
+ * connection, and a client that reads nothing costs at most the hard limit. */
 #include "gw.h"
 #include "log.h"
 #include "util.h"
@@ -12,12 +20,17 @@
 #define MAX_CLIENTS_PER_KERNEL 64
 #define MAX_ROUTES             8192
 #define MAX_HELD               256
+#define OUT_SOFT_BYTES         (8u << 20)  /* start dropping output for this client */
+#define OUT_RESUME_BYTES       (2u << 20)  /* stop dropping once drained below this */
+#define OUT_HARD_MIN_BYTES     (32u << 20) /* disconnect beyond max(this, 4 * max-output + 16M) */
 
 struct gw_wsclient {
     TAILQ_ENTRY(gw_wsclient) link;
     gw_session_t *session; /* NULL once the session is gone */
     ws_conn_t *ws;
     wsframe_proto_t proto;
+    bool dropping;    /* over OUT_SOFT_BYTES, not yet back under OUT_RESUME_BYTES */
+    uint64_t dropped; /* output messages not sent to this client, in total */
 };
 
 /* Messages from clients that arrive while the kernel is (re)starting wait here, bounded. */
@@ -26,17 +39,60 @@ typedef struct {
     jwire_msg_t *msg;
 } held_t;
 
-static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg) {
+/* Output a frontend can lose without losing track of the kernel (unlike status, replies,
+ * errors, comms and input requests). */
+static bool is_droppable_output(const char *type) {
+    return streq(type, "stream") || streq(type, "display_data") ||
+           streq(type, "update_display_data") || streq(type, "execute_result") ||
+           streq(type, "execute_input");
+}
+
+static int client_send_raw(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg) {
     bool binary = false;
     char *data = NULL;
     size_t len = 0;
-    if (wsframe_encode(c->proto, ch, msg, &binary, &data, &len) < 0)
-        return;
-    int r = ws_send(c->ws, binary, data, len);
+    int r = wsframe_encode(c->proto, ch, msg, &binary, &data, &len);
+    if (r < 0)
+        return r;
+    r = ws_send(c->ws, binary, data, len);
     free(data);
-    if (r == -ENOBUFS) {
-        log_warn("channels", "slow WebSocket client disconnected", "{s:s}", "kernel_id",
-                 c->session ? c->session->kernel_id : "");
+    return r;
+}
+
+/* The notice that starts a dropping episode, parented like the output it replaces so that a
+ * frontend shows it in the right cell. */
+static void client_send_drop_notice(gw_wsclient_t *c, const jwire_msg_t *dropped) {
+    const char *session = json_string_value(json_object_get(dropped->header, "session"));
+    jwire_msg_t *m = jwire_msg_new(
+        "stream", session ? session : "", "kbox", dropped->parent_header,
+        json_pack("{s:s,s:s}", "name", "stderr", "text",
+                  "[kbox] output is being dropped for this connection: it is not reading fast "
+                  "enough. Status and results of executions still arrive.\n"));
+    if (m) {
+        (void)client_send_raw(c, JWIRE_IOPUB, m);
+        jwire_msg_destroy(&m);
+    }
+}
+
+static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg) {
+    if (ch == JWIRE_IOPUB) {
+        size_t queued = ws_outbuf_len(c->ws);
+        if (c->dropping && queued < OUT_RESUME_BYTES)
+            c->dropping = false;
+        if (is_droppable_output(jwire_msg_type(msg)) && (c->dropping || queued >= OUT_SOFT_BYTES)) {
+            if (!c->dropping) {
+                c->dropping = true;
+                log_warn("channels", "slow WebSocket client: dropping its output", "{s:s}",
+                         "kernel_id", c->session ? c->session->kernel_id : "");
+                client_send_drop_notice(c, msg);
+            }
+            c->dropped++;
+            return;
+        }
+    }
+    if (client_send_raw(c, ch, msg) == -ENOBUFS) {
+        log_warn("channels", "slow WebSocket client disconnected", "{s:s,s:I}", "kernel_id",
+                 c->session ? c->session->kernel_id : "", "dropped", (json_int_t)c->dropped);
         ws_close(c->ws, 1008, "client too slow");
     }
 }
@@ -182,9 +238,10 @@ void gw_channels_open(gw_t *gw, gw_session_t *s, http_conn_t *conn, const http_r
     const char *sub = ws_subprotocol_select(req, supported);
     if (sub)
         c->proto = WSFRAME_V1;
+    size_t hard = 4 * gw->cfg.max_output_bytes + (16u << 20);
     ws_config_t cfg = {
         .max_message_bytes = gw->cfg.max_body_bytes,
-        .max_outbuf_bytes = 4 * gw->cfg.max_output_bytes + (16u << 20),
+        .max_outbuf_bytes = hard > OUT_HARD_MIN_BYTES ? hard : OUT_HARD_MIN_BYTES,
     };
     ws_handlers_t h = {.on_message = on_ws_message, .on_close = on_ws_close};
     c->ws = ws_accept(conn, req, sub, &cfg, &h, c);

@@ -1346,7 +1346,8 @@ int http_server_listen(http_server_t *s, const char *host, uint16_t port) {
     if (listen(fd, 1024) < 0)
         return -errno;
     struct sockaddr_storage bound;
-    memset(&bound, 0, sizeof bound); /* memset, not {0}: the analyzer then sees the in6 view zeroed */
+    /* memset rather than {0}: clang-analyzer then also sees the sockaddr_in6 view as zeroed. */
+    memset(&bound, 0, sizeof bound);
     socklen_t bl = sizeof bound;
     if (getsockname(fd, (struct sockaddr *)&bound, &bl) < 0)
         return -errno;

@@ -138,10 +138,8 @@ typedef struct {
     loop_watch_t *pipe_watch[2];
     loop_watch_t *flush_timer;
     loop_watch_t *exit_timer;
-    int pipe_r[2];
-    kstream_t *stream[2];
     bool pipe_paused[2];
-    json_t *stream_parent;
+    uint64_t last_flush_us;
     json_t *empty; /* {} shared by messages without metadata or parent */
     unsigned py_pending;
     bool py_ready;
@@ -192,50 +190,84 @@ static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *
 
 /* ---- output streams ----------------------------------------------------------------------- */
 
-static void stream_publish(kio_t *io, int i, bool force) {
+/* Queues what buf i holds as stream messages (sh->st.mu held). */
+static void stream_queue(kshared_t *sh, int i, bool force) {
+    kstreams_t *st = &sh->st;
     for (;;) {
         char *text = NULL;
         size_t len = 0;
-        if (kstream_take(io->stream[i], force, &text, &len) < 0 || !text)
+        if (kstream_take(st->buf[i], force, &text, &len) < 0 || !text)
             return;
-        io_send(io, JWIRE_IOPUB, "stream", io->stream_parent, NULL,
-                kmsg_stream(stream_names[i], text, len), NULL);
+        json_t *c = kmsg_stream(stream_names[i], text, len);
         free(text);
+        kout_t *it = kout_new(KOUT_MSG, JWIRE_IOPUB, "stream", st->parent, NULL, c, NULL, 0);
+        if (it)
+            kq_push_force(sh->out_q, it, len);
     }
 }
 
-/* Reads what the pipe holds (at most max bytes), publishing full buffers as it goes. */
-static void stream_read(kio_t *io, int i, size_t max) {
-    size_t total = 0;
-    while (total < max) {
-        if (kstream_space(io->stream[i]) == 0) {
-            size_t before = kstream_len(io->stream[i]);
-            stream_publish(io, i, false);
-            if (kstream_len(io->stream[i]) == before)
-                stream_publish(io, i, true); /* only a stuck partial sequence is left */
-        }
-        ssize_t n = read(io->pipe_r[i], kstream_tail(io->stream[i]), kstream_space(io->stream[i]));
-        if (n > 0) {
-            kstream_commit(io->stream[i], (size_t)n);
-            total += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n == 0 && io->pipe_watch[i]) {
-            /* Every write end closed: impossible while we hold ours, so stop watching. */
-            loop_watch_del(io->loop, &io->pipe_watch[i]);
-        }
-        return;
-    }
-}
-
-/* Everything written so far, published now, under the current stream parent. */
-static void streams_flush(kio_t *io) {
+void kstreams_drain_locked(kshared_t *sh, size_t max, bool force) {
+    kstreams_t *st = &sh->st;
     for (int i = 0; i < 2; i++) {
-        stream_read(io, i, KIO_DRAIN_MAX);
-        stream_publish(io, i, false);
+        size_t total = 0;
+        while (total < max) {
+            kstream_t *b = st->buf[i];
+            if (kstream_space(b) == 0) {
+                size_t before = kstream_len(b);
+                stream_queue(sh, i, false);
+                if (kstream_len(b) == before)
+                    stream_queue(sh, i, true); /* only a stuck partial sequence is left */
+            }
+            ssize_t n = read(st->pipe_r[i], kstream_tail(b), kstream_space(b));
+            if (n > 0) {
+                kstream_commit(b, (size_t)n);
+                total += (size_t)n;
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            break; /* EAGAIN; EOF cannot happen while we hold the write ends */
+        }
+        stream_queue(sh, i, force);
     }
+}
+
+void kout_publish_ordered(kshared_t *sh, kout_t *it, size_t bytes) {
+    if (!it)
+        return;
+    pthread_mutex_lock(&sh->st.mu);
+    kstreams_drain_locked(sh, KIO_DRAIN_MAX, false);
+    if (it->flags & KOUT_F_STREAM_PARENT) {
+        json_decref(sh->st.parent);
+        sh->st.parent = json_incref(it->parent);
+    }
+    kq_push_force(sh->out_q, it, bytes);
+    pthread_mutex_unlock(&sh->st.mu);
+}
+
+static void handle_out(kio_t *io, kout_t *it);
+
+/* Sends everything queued (bounded per call; the rest gets a wakeup). */
+static void out_process(kio_t *io) {
+    kq_ack(io->sh->out_q);
+    /* Bounded per wakeup so control and heartbeat never wait behind a flood of display
+     * messages. */
+    for (int n = 0; n < 256; n++) {
+        kout_t *it = kq_pop(io->sh->out_q);
+        if (!it)
+            return;
+        handle_out(io, it);
+    }
+    kq_kick(io->sh->out_q);
+}
+
+/* Output written while a cell runs: queued and sent now. */
+static void streams_flush(kio_t *io, bool force) {
+    pthread_mutex_lock(&io->sh->st.mu);
+    kstreams_drain_locked(io->sh, KIO_DRAIN_MAX, force);
+    pthread_mutex_unlock(&io->sh->st.mu);
+    io->last_flush_us = now_mono_us();
+    out_process(io);
 }
 
 static void streams_resume(kio_t *io) {
@@ -249,21 +281,24 @@ static void streams_resume(kio_t *io) {
 
 static void on_flush_timer(loop_t *loop, loop_watch_t *w, void *arg) {
     kio_t *io = arg;
-    streams_flush(io);
     streams_resume(io);
+    streams_flush(io, false);
 }
 
 static void on_pipe(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
     kio_t *io = arg;
-    int i = fd == io->pipe_r[0] ? 0 : 1;
-    stream_read(io, i, KIO_STREAM_CAP);
-    if (kstream_len(io->stream[i]) == 0 || !io->pipe_watch[i])
+    uint64_t since = now_mono_us() - io->last_flush_us;
+    if (since >= KIO_FLUSH_MS * 1000u) {
+        streams_flush(io, false); /* the first output of a while goes out at once */
         return;
-    /* Coalesce: stop watching this pipe until the timer publishes what came in meanwhile. */
+    }
+    /* More within the window: coalesce. Stop watching until the timer publishes. */
+    int i = fd == io->sh->st.pipe_r[0] ? 0 : 1;
     loop_io_mod(loop, io->pipe_watch[i], 0);
     io->pipe_paused[i] = true;
     if (!io->flush_timer) {
-        io->flush_timer = loop_timer_add(loop, KIO_FLUSH_MS, 0, on_flush_timer, io);
+        uint64_t left_ms = (KIO_FLUSH_MS * 1000u - since + 999) / 1000;
+        io->flush_timer = loop_timer_add(loop, left_ms ? left_ms : 1, 0, on_flush_timer, io);
         if (!io->flush_timer)
             on_flush_timer(loop, NULL, io);
     }
@@ -280,10 +315,8 @@ static void send_status(kio_t *io, const char *state, json_t *parent) {
 static void reply_direct(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg, const char *reply_type,
                          json_t *content) {
     bool status = io->py_pending == 0;
-    if (status) {
-        streams_flush(io);
+    if (status)
         send_status(io, "busy", msg->header);
-    }
     io_send(io, ch, reply_type, msg->header, msg->ids, content, NULL);
     if (status)
         send_status(io, "idle", msg->header);
@@ -300,9 +333,7 @@ static void interrupt_kernel(kio_t *io) {
 }
 
 static _Noreturn void finish(kio_t *io) {
-    streams_flush(io);
-    for (int i = 0; i < 2; i++)
-        stream_publish(io, i, true);
+    streams_flush(io, true);
     atomic_store(&terminating, true);
     int linger = KIO_LINGER_MS;
     for (int c = 0; c < JWIRE_NCHANNELS; c++) {
@@ -458,12 +489,6 @@ static void handle_out(kio_t *io, kout_t *it) {
     case KOUT_PY_EXITED:
         finish(io);
     case KOUT_MSG:
-        if (it->ch == JWIRE_IOPUB)
-            streams_flush(io);
-        if (it->flags & KOUT_F_STREAM_PARENT) {
-            json_decref(io->stream_parent);
-            io->stream_parent = json_incref(it->parent);
-        }
         io_send(io, it->ch, it->msg_type, it->parent, it->ids, TAKE_PTR(it->content),
                 TAKE_PTR(it->metadata));
         if ((it->flags & KOUT_F_REQUEST_DONE) && io->py_pending > 0) {
@@ -476,17 +501,7 @@ static void handle_out(kio_t *io, kout_t *it) {
 }
 
 static void on_out(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
-    kio_t *io = arg;
-    kq_ack(io->sh->out_q);
-    kout_t *it;
-    /* Bounded per wakeup so control and heartbeat never wait behind a flood of display
-     * messages; the rest gets a kick. */
-    for (int n = 0; n < 256; n++) {
-        if (!(it = kq_pop(io->sh->out_q)))
-            return;
-        handle_out(io, it);
-    }
-    kq_kick(io->sh->out_q);
+    out_process(arg);
 }
 
 /* ---- heartbeat ---------------------------------------------------------------------------- */
@@ -550,9 +565,8 @@ static int io_setup(kio_t *io) {
     if (!io->out_watch)
         return -errno;
     for (int i = 0; i < 2; i++) {
-        io->stream[i] = kstream_new(KIO_STREAM_CAP);
-        io->pipe_watch[i] = loop_io_add(io->loop, io->pipe_r[i], LOOP_READ, on_pipe, io);
-        if (!io->stream[i] || !io->pipe_watch[i])
+        io->pipe_watch[i] = loop_io_add(io->loop, io->sh->st.pipe_r[i], LOOP_READ, on_pipe, io);
+        if (!io->pipe_watch[i])
             return -ENOMEM;
     }
     void *hb = io->sock[JWIRE_HB];
@@ -647,7 +661,12 @@ int khost_kernel_run(const char *conn_file) {
     if (!sh.kernel_info)
         return -ENOMEM;
 
-    if ((r = stdio_setup(&sh, io.pipe_r)) < 0) {
+    pthread_mutex_init(&sh.st.mu, NULL);
+    sh.st.buf[0] = kstream_new(KIO_STREAM_CAP);
+    sh.st.buf[1] = kstream_new(KIO_STREAM_CAP);
+    if (!sh.st.buf[0] || !sh.st.buf[1])
+        return -ENOMEM;
+    if ((r = stdio_setup(&sh, sh.st.pipe_r)) < 0) {
         klog(LOG_LVL_ERROR, "stdio setup failed", "{s:s}", "error", strerror(-r));
         return r;
     }

@@ -10,6 +10,12 @@
  *           stdin_q: input_reply messages                  I/O -> Python
  *           out_q:   messages to send, in order            Python -> I/O
  *
+ * Output order: bytes in the stdout/stderr pipes and messages in out_q are two channels;
+ * they are put in one order by kstreams_t's mutex. Whoever reads the pipes (the I/O thread
+ * while a cell runs, the Python thread just before it queues an iopub message) turns what
+ * it read into stream messages queued on out_q under that mutex, so every message follows
+ * the output written before it, under the right parent.
+ *
  * Everything else they both see is immutable after start (kernel_info, session, fds).
  * JSON values cross threads only by ownership transfer, or read-only with jansson's atomic
  * reference counts (request headers used as parent_header). */
@@ -17,6 +23,7 @@
 
 #include "jwire.h"
 #include "kq.h"
+#include "kstream.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -44,8 +51,7 @@ typedef enum {
 } kout_kind_t;
 
 enum {
-    /* Before this iopub message, output still in the pipes is published under the old
-     * parent; after it, stream output goes under this message's parent. */
+    /* Output read after this iopub message is queued goes under its parent. */
     KOUT_F_STREAM_PARENT = 1u,
     /* The last message of a shell request (its idle status). */
     KOUT_F_REQUEST_DONE = 2u,
@@ -68,6 +74,14 @@ void kout_free(void *item);
 void kreq_free(void *item);
 
 typedef struct {
+    pthread_mutex_t mu;
+    int pipe_r[2];     /* non-blocking read ends of the pipes at fds 1 and 2 */
+    kstream_t *buf[2]; /* bytes read, not yet queued (a partial UTF-8 sequence at most) */
+    json_t *parent;    /* parent of stream output: the current (or last) request's header */
+} kstreams_t;
+
+typedef struct {
+    kstreams_t st;
     kq_t *req_q;
     kq_t *stdin_q;
     kq_t *out_q;
@@ -81,6 +95,16 @@ typedef struct {
     pthread_t main_thread;
     uint64_t start_us; /* monotonic, when the kernel process started */
 } kshared_t;
+
+/* With sh->st.mu held: reads what the pipes hold (at most max bytes) and queues it as
+ * stream messages, under st.parent, behind everything queued before. force: a partial UTF-8
+ * sequence at the end goes too. */
+void kstreams_drain_locked(kshared_t *sh, size_t max, bool force);
+
+/* Queues an iopub message after the output written before it (drains the pipes first);
+ * with KOUT_F_STREAM_PARENT its parent becomes the parent of later output. Never blocks:
+ * a producer that respects the bound waits for room (kq_wait_room) before calling. */
+void kout_publish_ordered(kshared_t *sh, kout_t *it, size_t bytes);
 
 /* Logging of the kernel host itself: a JSON line on sh->log_fd. Never user code. */
 void klog(int level, const char *msg, const char *ctx_fmt, ...);

@@ -18,7 +18,7 @@ typedef struct {
 struct kq {
     pthread_mutex_t mu;
     pthread_cond_t room;
-    size_t cap, max_bytes;
+    size_t cap, base_cap, max_bytes; /* cap grows with forced pushes; base_cap is the bound */
     size_t head, len, bytes;
     slot_t *ring;
     int efd;
@@ -43,7 +43,7 @@ kq_t *kq_new(size_t cap, size_t max_bytes) {
         errno = saved;
         return NULL;
     }
-    self->cap = cap;
+    self->cap = self->base_cap = cap;
     self->max_bytes = max_bytes ? max_bytes : SIZE_MAX;
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->room, NULL);
@@ -69,7 +69,7 @@ void kq_destroy(kq_t **self_p, void (*free_fn)(void *)) {
 static bool full(const kq_t *self, size_t bytes) {
     if (self->len == 0)
         return false;
-    return self->len == self->cap || self->bytes + bytes > self->max_bytes;
+    return self->len >= self->base_cap || self->bytes + bytes > self->max_bytes;
 }
 
 static void signal_fd(kq_t *self) {
@@ -96,6 +96,47 @@ int kq_push(kq_t *self, void *item, size_t bytes, bool block) {
     return 0;
 }
 
+static void grow(kq_t *self) {
+    /* Forced pushes beyond cap: double the ring (rare; bounded by the callers). */
+    size_t ncap = self->cap * 2;
+    slot_t *n = calloc(ncap, sizeof *n);
+    if (!n)
+        abort(); /* a kernel out of memory cannot serve anyway */
+    for (size_t i = 0; i < self->len; i++)
+        n[i] = self->ring[(self->head + i) % self->cap];
+    free(self->ring);
+    self->ring = n;
+    self->head = 0;
+    self->cap = ncap;
+}
+
+void kq_push_force(kq_t *self, void *item, size_t bytes) {
+    pthread_mutex_lock(&self->mu);
+    if (self->len == self->cap)
+        grow(self);
+    bool was_empty = self->len == 0;
+    self->ring[(self->head + self->len) % self->cap] = (slot_t){item, bytes};
+    self->len++;
+    self->bytes += bytes;
+    pthread_mutex_unlock(&self->mu);
+    if (was_empty)
+        signal_fd(self);
+}
+
+void kq_wait_room(kq_t *self, size_t bytes) {
+    pthread_mutex_lock(&self->mu);
+    while (full(self, bytes))
+        pthread_cond_wait(&self->room, &self->mu);
+    pthread_mutex_unlock(&self->mu);
+}
+
+bool kq_full(kq_t *self, size_t bytes) {
+    pthread_mutex_lock(&self->mu);
+    bool f = full(self, bytes);
+    pthread_mutex_unlock(&self->mu);
+    return f;
+}
+
 void *kq_pop(kq_t *self) {
     pthread_mutex_lock(&self->mu);
     void *it = NULL;
@@ -113,8 +154,9 @@ void *kq_pop(kq_t *self) {
 
 void kq_unpop(kq_t *self, void *item, size_t bytes) {
     pthread_mutex_lock(&self->mu);
-    /* Room is guaranteed: the item was just popped by the only consumer. */
-    if (self->len < self->cap) {
+    if (self->len == self->cap)
+        grow(self);
+    {
         self->head = (self->head + self->cap - 1) % self->cap;
         self->ring[self->head] = (slot_t){item, bytes};
         self->len++;

@@ -24,6 +24,13 @@ void kq_destroy(kq_t **self_p, void (*free_fn)(void *));
 /* 0, or -EAGAIN (full and !block). An item larger than max_bytes is accepted into an empty
  * queue, so nothing can wait forever. */
 int kq_push(kq_t *self, void *item, size_t bytes, bool block);
+/* Always queues, over the bounds if need be (for small items that must follow another in
+ * order while a lock is held; the caller bounds them itself). */
+void kq_push_force(kq_t *self, void *item, size_t bytes);
+/* Waits until a push of `bytes` would not block (a hint: another producer may take it). */
+void kq_wait_room(kq_t *self, size_t bytes);
+/* true when a push of `bytes` would block. */
+bool kq_full(kq_t *self, size_t bytes);
 /* The oldest item or NULL; wakes a producer waiting for room. */
 void *kq_pop(kq_t *self);
 /* Puts an item back at the front (it was popped and cannot be handled yet). */

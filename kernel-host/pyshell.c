@@ -319,9 +319,23 @@ static json_t *cur_parent(void) {
     return cur.msg ? cur.msg->header : NULL;
 }
 
+/* An iopub message, after the output written before it (kout_publish_ordered). */
 static void publish(const char *msg_type, json_t *content, unsigned flags, size_t bytes) {
-    out_push(kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL, content, NULL, flags),
-             bytes + 256);
+    kout_t *it = kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL, content, NULL,
+                          flags);
+    if (!it)
+        return;
+    if (forked) {
+        kout_free(it);
+        return;
+    }
+    bytes += 256;
+    if (kq_full(S->out_q, bytes)) {
+        Py_BEGIN_ALLOW_THREADS
+        kq_wait_room(S->out_q, bytes);
+        Py_END_ALLOW_THREADS
+    }
+    kout_publish_ordered(S, it, bytes);
 }
 
 static void reply(const char *msg_type, json_t *content, json_t *metadata) {

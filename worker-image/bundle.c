@@ -139,7 +139,7 @@ static json_t *process_new(const wimg_bundle_spec_t *s) {
      * read-only and the kernel's own caches must keep working when the user fills /sandbox. */
     const char *env[] = {
         "PATH=/usr/bin:/bin",
-        "HOME=" WIMG_SANDBOX_DIR,
+        ("HOME=" WIMG_SANDBOX_DIR), /* parenthesized: concatenated on purpose */
         "USER=sandbox",
         "LOGNAME=sandbox",
         "SHELL=/bin/sh",

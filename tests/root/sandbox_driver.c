@@ -181,25 +181,26 @@ int main(int argc, char **argv) {
         const char *c = json_string_value(json_object_get(cmd, "cmd"));
         const char *id = json_string_value(json_object_get(cmd, "id"));
         slot_t *s = id ? slot_find(id) : NULL;
-        if (!c) {
-            reply_err(-EINVAL);
-        } else if (streq(c, "start")) {
+        /* streq is NULL-safe: a line without a cmd is just an unknown command. */
+        bool per_slot =
+            streq(c, "wait") || streq(c, "interrupt") || streq(c, "kill") || streq(c, "cleanup");
+        if (streq(c, "start")) {
             cmd_start(l, cmd);
         } else if (streq(c, "sweep")) {
             cmd_sweep(l, cmd);
+        } else if (!per_slot) {
+            reply_err(-EINVAL); /* checked before the id, so a bad command is never ESRCH */
         } else if (!s) {
             reply_err(-ESRCH);
         } else if (streq(c, "wait")) {
             cmd_wait(s, cmd);
-        } else if (streq(c, "interrupt") || streq(c, "kill")) {
-            int r = streq(c, "kill") ? l->kill(l, &s->proc) : l->interrupt(l, &s->proc);
-            r < 0 ? reply_err(r) : reply(json_pack("{s:b}", "ok", 1));
         } else if (streq(c, "cleanup")) {
             int r = l->cleanup(l, &s->proc, &s->spec);
             slot_free(s);
             r < 0 ? reply_err(r) : reply(json_pack("{s:b}", "ok", 1));
-        } else {
-            reply_err(-EINVAL);
+        } else { /* interrupt or kill */
+            int r = streq(c, "kill") ? l->kill(l, &s->proc) : l->interrupt(l, &s->proc);
+            r < 0 ? reply_err(r) : reply(json_pack("{s:b}", "ok", 1));
         }
         json_decref(cmd);
     }

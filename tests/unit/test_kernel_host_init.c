@@ -10,6 +10,7 @@
 
 #include "util.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -67,6 +68,15 @@ static bool file_wait(const char *path, unsigned ms) {
     return false;
 }
 
+/* The pid s starts with (after blanks); fails the test when there is none. */
+static pid_t parse_pid(const char *s) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    assert_true(end != s && errno == 0 && v >= 0 && v <= INT_MAX);
+    return (pid_t)v;
+}
+
 /* "R", "S", "Z", ... from /proc/<pid>/status, and the parent pid; false if pid is gone. */
 static bool proc_status(pid_t pid, char *ret_state, pid_t *ret_ppid) {
     char path[64];
@@ -79,7 +89,7 @@ static bool proc_status(pid_t pid, char *ret_state, pid_t *ret_ppid) {
     assert_non_null(s);
     assert_non_null(pp);
     *ret_state = s[strlen("\nState:\t")];
-    *ret_ppid = (pid_t)atoi(pp + strlen("\nPPid:\t"));
+    *ret_ppid = parse_pid(pp + strlen("\nPPid:\t"));
     return true;
 }
 
@@ -96,7 +106,7 @@ static void test_reaps_orphan(void **state) {
     assert_true(file_wait(pidfile, 3000));
     _cleanup_free_ char *text = NULL;
     assert_int_equal(read_file_bounded(pidfile, 64, &text, NULL), 0);
-    pid_t gc = (pid_t)atoi(text);
+    pid_t gc = parse_pid(text);
     assert_true(gc > 1);
 
     char st;

@@ -143,7 +143,11 @@ static int cl_read_head(struct client *c, char *out, size_t outlen) {
     size_t hl = (size_t)(end - c->buf) + 4;
     snprintf(out, outlen, "%.*s", (int)hl, (char *)c->buf);
     cl_consume(c, hl);
-    return atoi(out + 9);
+    if (strlen(out) < 12)
+        return -1;
+    char *num_end;
+    long status = strtol(out + 9, &num_end, 10);
+    return num_end == out + 9 || status < 0 || status > 999 ? -1 : (int)status;
 }
 
 static const char *handshake(const char *extra) {

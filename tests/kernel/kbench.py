@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""Kernel-only figures for the native kernel and ipykernel, side by side in one run.
+
+    /usr/bin/python3 tests/kernel/kbench.py [--bin build/kernel-host/kbox-kernel-host] [-n 2000]
+
+For each kernel: start to kernel_info_reply and to the first execute_reply, kernel CPU per
+trivial execute (`x += 1; print(x)`, sequential, reply and idle awaited; CPU is the sum of
+every thread's on-CPU time from /proc/<pid>/task/*/schedstat, so it includes the protocol,
+the I/O thread and libzmq's), and the idle kernel's RSS. The native kernel is started with
+--no-init (the kernel process itself; the init adds no CPU per request). Prints one JSON
+object per kernel and a table. A benchmark, not a test: it asserts nothing.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+from jupyter_client.connect import write_connection_file
+from jupyter_client.session import Session
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_BIN = os.path.join(HERE, "..", "..", "build", "kernel-host", "kbox-kernel-host")
+
+
+def cpu_ns(pid):
+    total = 0
+    for f in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(f) as fh:
+                total += int(fh.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Client:
+    """A minimal synchronous client (pyzmq + jupyter_client's Session)."""
+
+    def __init__(self, info):
+        self.session = Session(key=info["key"].encode(), signature_scheme="hmac-sha256")
+        self.ctx = zmq.Context()
+        url = lambda port: f"tcp://127.0.0.1:{port}"
+        self.shell = self.ctx.socket(zmq.DEALER)
+        self.shell.connect(url(info["shell_port"]))
+        self.iopub = self.ctx.socket(zmq.SUB)
+        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.iopub.connect(url(info["iopub_port"]))
+
+    def request(self, msg_type, content, timeout=60):
+        """Sends a request; returns (reply, iopub messages) once the reply and idle came."""
+        msg = self.session.msg(msg_type, content)
+        self.session.send(self.shell, msg)
+        mid = msg["header"]["msg_id"]
+        reply, idle, out = None, False, []
+        poller = zmq.Poller()
+        poller.register(self.shell, zmq.POLLIN)
+        poller.register(self.iopub, zmq.POLLIN)
+        deadline = time.time() + timeout
+        while reply is None or not idle:
+            if time.time() > deadline:
+                raise TimeoutError(msg_type)
+            for sock, _ in poller.poll(1000):
+                _, parts = self.session.feed_identities(sock.recv_multipart())
+                m = self.session.deserialize(parts)
+                if m["parent_header"].get("msg_id") != mid:
+                    continue
+                if sock is self.shell:
+                    reply = m
+                elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                    idle = True
+                else:
+                    out.append(m)
+        return reply, out
+
+    def close(self):
+        self.ctx.destroy(linger=0)
+
+
+def run_kernel(name, argv_for, n, workdir):
+    cf, info = write_connection_file(fname=os.path.join(workdir, f"{name}.json"), ip="127.0.0.1",
+                                     key=os.urandom(32).hex().encode())
+    t0 = time.time()
+    proc = subprocess.Popen(argv_for(cf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=workdir)
+    c = Client(info)
+    start_info = None
+    while start_info is None:
+        try:
+            c.request("kernel_info_request", {}, timeout=0.25)
+            start_info = time.time() - t0
+        except TimeoutError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}")
+    reply, _ = c.request("execute_request", {"code": "x = 0", "silent": False})
+    start_exec = time.time() - t0
+    assert reply["content"]["status"] == "ok", reply
+    code = "x += 1; print(x)"
+    for _ in range(200):  # warm up
+        c.request("execute_request", {"code": code, "silent": False})
+    time.sleep(0.5)
+    perf = None
+    if os.environ.get("KBENCH_PERF"):  # a profile of the measured loop: KBENCH_PERF=out.data
+        perf = subprocess.Popen(["perf", "record", "-F", "4000", "-g", "-o",
+                                 os.environ["KBENCH_PERF"] + "." + name, "-p", str(proc.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    cpu0, w0 = cpu_ns(proc.pid), time.time()
+    for i in range(n):
+        reply, out = c.request("execute_request", {"code": code, "silent": False})
+    wall = time.time() - w0
+    cpu = cpu_ns(proc.pid) - cpu0
+    if perf:
+        perf.send_signal(2)
+        perf.wait()
+    assert reply["content"]["status"] == "ok", reply
+    text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
+    assert text.strip() == str(200 + n), text
+    time.sleep(1.0)
+    rss = rss_kb(proc.pid)
+    c.close()
+    proc.kill()
+    proc.wait()
+    return {"kernel": name, "n": n, "cpu_ms_per_execute": round(cpu / n / 1e6, 4),
+            "wall_ms_per_execute": round(wall / n * 1e3, 3), "idle_rss_mb": round(rss / 1024, 1),
+            "start_to_kernel_info_s": round(start_info, 3),
+            "start_to_first_execute_s": round(start_exec, 3)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=DEFAULT_BIN)
+    ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("--only", choices=["native", "ipykernel"])
+    args = ap.parse_args()
+    kernels = {
+        "native": lambda cf: [os.path.abspath(args.bin), "--kernel", "native", "--no-init", "-f", cf],
+        "ipykernel": lambda cf: ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", cf],
+    }
+    results = []
+    with tempfile.TemporaryDirectory(prefix="kbench-") as d:
+        for name, argv_for in kernels.items():
+            if args.only and name != args.only:
+                continue
+            r = run_kernel(name, argv_for, args.n, d)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    keys = ["cpu_ms_per_execute", "wall_ms_per_execute", "idle_rss_mb", "start_to_kernel_info_s",
+            "start_to_first_execute_s"]
+    print("%-28s" % "" + "".join("%14s" % r["kernel"] for r in results))
+    for k in keys:
+        print("%-28s" % k + "".join("%14s" % r[k] for r in results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
