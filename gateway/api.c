@@ -72,42 +72,59 @@ static bool valid_user_uuid(const char *u) {
     return true;
 }
 
+/* The body's object and its user_uuid (the body's field, else the query parameter: the seed's
+ * code sends one, its README the other). On failure answers 400 itself and returns NULL. The
+ * user string lives in the body or in qbuf. */
+static json_t *parse_user_body(http_conn_t *conn, const http_request_t *req, char *qbuf,
+                               size_t qlen, const char **ret_user) {
+    json_error_t jerr;
+    json_t *body =
+        req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
+    if (!json_is_object(body)) {
+        char detail[256];
+        snprintf(detail, sizeof detail, "body must be a JSON object: %s",
+                 body ? "got another JSON type" : jerr.text);
+        json_decref(body);
+        respond_err(conn, 400, "invalid JSON", detail);
+        return NULL;
+    }
+    json_t *ju = json_object_get(body, "user_uuid");
+    const char *user = NULL;
+    if (json_is_string(ju))
+        user = json_string_value(ju);
+    else if (!ju && http_query_param(req->query, "user_uuid", qbuf, qlen) >= 0)
+        user = qbuf;
+    const char *problem = NULL;
+    if (ju && !json_is_string(ju))
+        problem = "user_uuid must be a string";
+    else if (!user)
+        problem = "user_uuid is required (in the body or as a query parameter)";
+    else if (!valid_user_uuid(user))
+        problem = "user_uuid must be 1-128 characters of letters, digits and -_.:@";
+    if (problem) {
+        json_decref(body);
+        respond_err(conn, 400, "invalid request", problem);
+        return NULL;
+    }
+    *ret_user = user;
+    return body;
+}
+
 static bool wants_ndjson(const http_request_t *req) {
     const char *a = http_request_header(req, "accept");
     return a && strstr(a, "application/x-ndjson");
 }
 
 static void handle_execute(gw_t *gw, http_conn_t *conn, const http_request_t *req) {
-    json_error_t jerr;
-    json_t *body = json_loadb(req->body, req->body_len, 0, &jerr);
-    if (!body || !json_is_object(body)) {
-        char detail[256];
-        snprintf(detail, sizeof detail, "body must be a JSON object: %s",
-                 body ? "got another JSON type" : jerr.text);
-        json_decref(body);
-        respond_err(conn, 400, "invalid JSON", detail);
-        return;
-    }
     char qu[MAX_USER_UUID + 2];
     const char *user = NULL;
-    json_t *ju = json_object_get(body, "user_uuid");
-    if (ju && !json_is_string(ju)) {
-        json_decref(body);
-        respond_err(conn, 400, "invalid field", "user_uuid must be a string");
+    json_t *body = parse_user_body(conn, req, qu, sizeof qu, &user);
+    if (!body)
         return;
-    }
-    if (ju)
-        user = json_string_value(ju);
-    else if (http_query_param(req->query, "user_uuid", qu, sizeof qu) >= 0)
-        user = qu;
     json_t *jc = json_object_get(body, "code");
     json_t *jt = json_object_get(body, "timeout_ms");
     const char *problem = NULL;
-    if (!user)
-        problem = "user_uuid is required (in the body or as a query parameter)";
-    else if (!valid_user_uuid(user))
-        problem = "user_uuid must be 1-128 characters of letters, digits and -_.:@";
-    else if (!jc)
+    if (!jc)
         problem = "code is required";
     else if (!json_is_string(jc))
         problem = "code must be a string";
@@ -251,29 +268,11 @@ void gw_api_on_close(http_conn_t *conn, void *conn_user, void *arg) {
 /* ---- /release, /status, /metrics -------------------------------------------------------- */
 
 static void handle_release(gw_t *gw, http_conn_t *conn, const http_request_t *req) {
-    json_t *body = req->body_len ? json_loadb(req->body, req->body_len, 0, NULL) : json_object();
     char qu[MAX_USER_UUID + 2];
     const char *user = NULL;
-    if (!body || !json_is_object(body)) {
-        json_decref(body);
-        respond_err(conn, 400, "invalid JSON", "body must be a JSON object");
+    json_t *body = parse_user_body(conn, req, qu, sizeof qu, &user);
+    if (!body)
         return;
-    }
-    json_t *ju = json_object_get(body, "user_uuid");
-    if (ju && !json_is_string(ju)) {
-        json_decref(body);
-        respond_err(conn, 400, "invalid field", "user_uuid must be a string");
-        return;
-    }
-    if (ju)
-        user = json_string_value(ju);
-    else if (http_query_param(req->query, "user_uuid", qu, sizeof qu) >= 0)
-        user = qu;
-    if (!user) {
-        json_decref(body);
-        respond_err(conn, 400, "invalid request", "user_uuid is required");
-        return;
-    }
     gw_session_t *s = gw_session_find_user(gw, user);
     if (!s) {
         json_decref(body);
