@@ -166,8 +166,10 @@ int bench_cmd_report(int argc, char **argv) {
             double ver = med_field(runs, "verified_pct");
             json_t *first = json_array_get(runs, 0);
             const char *ff = json_string_value(json_object_get(first, "first_failure"));
-            printf("%-37s verified %.1f%%, machine CPU busy %.0f%%, open P50 %.0f ms%s%s\n", "",
-                   ver, med_field(runs, "cpu.machine_busy_pct"), med_field(runs, "open_ms_p50"),
+            printf("%-37s verified %.1f%%, CPU busy %.0f%% (other processes %.0f%%), open P50 %.0f "
+                   "ms%s%s\n",
+                   "", ver, med_field(runs, "cpu.machine_busy_pct"),
+                   med_field(runs, "cpu.other_busy_pct"), med_field(runs, "open_ms_p50"),
                    ff ? "; first failure: " : "", ff ? ff : "");
         }
         json_decref(runs);

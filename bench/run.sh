@@ -144,14 +144,42 @@ stop_pid_group() { # pid timeout_s: SIGTERM the group, wait, then SIGKILL
     return 1
 }
 
+# A gateway that died (crash, SIGKILL) leaves its sandboxes behind; a gateway started on the
+# same state dir sweeps them at start-up (containers, namespaces, loop disks), then stops.
+sweep_state() {
+    local state=$1 port pid i
+    [ "$LAUNCHER" = runc ] || return 0
+    port=$("$BENCH" freeport)
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin AUTH_TOKEN="$TOKEN" setsid "$GATEWAY_BIN" \
+        --host 127.0.0.1 --port "$port" --state-dir "$state" --launcher runc \
+        --min-idle-workers 0 >>"$OUT/sweep.log" 2>&1 &
+    pid=$!
+    for ((i = 0; i < 600; i++)); do
+        curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_pid_group "$pid" 60 || true
+    wait "$pid" 2>/dev/null || true
+}
+
 stop_gateway() {
     [ -n "$GW_PID" ] || return 0
-    # The gateway stops its workers (containers, disks, namespaces) on SIGTERM.
-    if ! stop_pid_group "$GW_PID" 180; then
-        warn "gateway $GW_NAME had to be killed; its workers may have leaked (state $GW_STATE)"
-    fi
-    wait "$GW_PID" 2>/dev/null || true
+    local pid=$GW_PID
     GW_PID=
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        warn "gateway $GW_NAME died during the run: $(tail -c 300 "$GW_LOG" | tail -1)"
+        sweep_state "$GW_STATE"
+        return 0
+    fi
+    # The gateway stops its workers (containers, disks, namespaces) on SIGTERM.
+    if ! stop_pid_group "$pid" 180; then
+        warn "gateway $GW_NAME had to be killed; sweeping its state"
+        wait "$pid" 2>/dev/null || true
+        sweep_state "$GW_STATE"
+    fi
+    wait "$pid" 2>/dev/null || true
 }
 
 stop_jupyter() {
@@ -175,10 +203,15 @@ cleanup() {
         echo "run.sh: processes left behind, killing: $left" >&2
         kill -KILL $left 2>/dev/null || true
     fi
-    for d in "$STATE_ROOT"/*/run; do
-        mountpoint -q "$d" 2>/dev/null && umount -l "$d" 2>/dev/null || true
+    for d in "$STATE_ROOT"/*/; do
+        if grep -q " ${d%/}/" /proc/self/mounts 2>/dev/null; then
+            echo "run.sh: mounts left under $d: sweeping" >&2
+            sweep_state "${d%/}"
+        fi
+        mountpoint -q "${d}run" 2>/dev/null && umount -l "${d}run" 2>/dev/null || true
     done
-    rm -rf "$STATE_ROOT"
+    rm -rf --one-file-system "$STATE_ROOT" 2>/dev/null ||
+        echo "run.sh: could not remove all of $STATE_ROOT" >&2
     exit $rc
 }
 trap cleanup EXIT
@@ -283,6 +316,7 @@ start_gateway() {
 }
 
 settle() { # the pool is back to its minimum, nothing starting or stopping, the CPUs are idle
+    kill -0 "$GW_PID" 2>/dev/null || warn "gateway $GW_NAME is not running"
     "$BENCH" wait --url "$GW_URL" --token "$TOKEN" --timeout 180 || true
     "$BENCH" quiet --busy-pct 15 --timeout 10
 }
@@ -301,6 +335,11 @@ bench_run() { # label target url token cpu-pid rep seed [extra args]
 RUN_TIMEOUT=$((240 + USERS * REQUESTS / 5))
 RUNS_START=$SECONDS
 ASKED_LAUNCHER=$LAUNCHER
+# Other work on the machine spoils every figure: wait (bounded) for it to calm down.
+WAIT_QUIET=${BENCH_WAIT_QUIET:-120}
+[ "$QUICK" = 1 ] && WAIT_QUIET=${BENCH_WAIT_QUIET:-5}
+say "waiting up to ${WAIT_QUIET}s for the machine to be quiet (load $(cut -d' ' -f1-3 /proc/loadavg))"
+"$BENCH" quiet --busy-pct 10 --timeout "$WAIT_QUIET"
 
 # ---- phase A: 1a with the seed's pool, and the warm-pool first result ------------------------------
 IFS=/ read -r A_MIN A_MAX <<<"$POOL_1A"
@@ -428,6 +467,7 @@ if [ "$LAUNCHER" = "$ASKED_LAUNCHER" ]; then
 else
     meta launcher "$LAUNCHER (asked for $ASKED_LAUNCHER, which failed: see the warning)"
 fi
+meta loadavg "at the end: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
 meta duration "$((SECONDS - RUNS_START)) s of measuring (after the build); ulimit -n $(ulimit -n)"
 "$BENCH" report --file "$RESULTS" | tee "$OUT/table.txt"
 echo "run.sh: results in $OUT" >&2

@@ -178,7 +178,8 @@ int loop_timer_rearm(loop_t *loop, loop_watch_t *w, uint64_t after_ms, uint64_t 
     if (after_ms == 0)
         after_ms = 1; /* 0 would disarm */
     struct itimerspec its = {
-        .it_value = {.tv_sec = (time_t)(after_ms / 1000), .tv_nsec = (long)(after_ms % 1000) * 1000000L},
+        .it_value = {.tv_sec = (time_t)(after_ms / 1000),
+                     .tv_nsec = (long)(after_ms % 1000) * 1000000L},
         .it_interval = {.tv_sec = (time_t)(repeat_ms / 1000),
                         .tv_nsec = (long)(repeat_ms % 1000) * 1000000L},
     };

@@ -78,8 +78,7 @@ static bool valid_user_uuid(const char *u) {
 static json_t *parse_user_body(http_conn_t *conn, const http_request_t *req, char *qbuf,
                                size_t qlen, const char **ret_user) {
     json_error_t jerr;
-    json_t *body =
-        req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
+    json_t *body = req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
     if (!json_is_object(body)) {
         char detail[256];
         snprintf(detail, sizeof detail, "body must be a JSON object: %s",
@@ -134,10 +133,9 @@ static void handle_execute(gw_t *gw, http_conn_t *conn, const http_request_t *re
         problem = "timeout_ms must be a positive integer";
     if (problem) {
         json_decref(body);
-        respond_err(conn, json_is_string(jc) && json_string_length(jc) > gw->cfg.max_code_bytes
-                              ? 413
-                              : 400,
-                    "invalid request", problem);
+        respond_err(
+            conn, json_is_string(jc) && json_string_length(jc) > gw->cfg.max_code_bytes ? 413 : 400,
+            "invalid request", problem);
         return;
     }
     if (gw->shutting_down) {
@@ -345,8 +343,8 @@ void gw_api_on_request(http_conn_t *conn, const http_request_t *req, void *arg) 
             return;
         }
         bool up = !gw->initializing && !gw->shutting_down;
-        respond_json(conn, up ? 200 : 503,
-                     json_pack("{s:s}", "status", up ? "ok" : "starting"), NULL);
+        respond_json(conn, up ? 200 : 503, json_pack("{s:s}", "status", up ? "ok" : "starting"),
+                     NULL);
         return;
     }
 
@@ -363,8 +361,8 @@ void gw_api_on_request(http_conn_t *conn, const http_request_t *req, void *arg) 
     static const struct {
         const char *path;
         const char *method;
-    } routes[] = {{"/execute", "POST"}, {"/release", "POST"}, {"/status", "GET"},
-                  {"/metrics", "GET"}};
+    } routes[] = {
+        {"/execute", "POST"}, {"/release", "POST"}, {"/status", "GET"}, {"/metrics", "GET"}};
     const char *allowed = NULL;
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
         if (streq(path, routes[i].path))

@@ -47,16 +47,31 @@ static bool is_droppable_output(const char *type) {
            streq(type, "execute_input");
 }
 
-static int client_send_raw(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg) {
-    bool binary = false;
-    char *data = NULL;
-    size_t len = 0;
-    int r = wsframe_encode(c->proto, ch, msg, &binary, &data, &len);
-    if (r < 0)
-        return r;
-    r = ws_send(c->ws, binary, data, len);
-    free(data);
-    return r;
+/* One message encoded for one WebSocket format; a dispatch to many clients encodes once per
+ * format (encoding a large output costs more than sending it). */
+typedef struct {
+    bool done;
+    int r;
+    bool binary;
+    char *data;
+    size_t len;
+} encoded_t;
+
+static void encoded_clear(encoded_t enc[2]) {
+    for (int i = 0; i < 2; i++) {
+        free(enc[i].data);
+        enc[i] = (encoded_t){0};
+    }
+}
+
+static int client_send_raw(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg,
+                           encoded_t enc[2]) {
+    encoded_t *e = &enc[c->proto == WSFRAME_V1];
+    if (!e->done) {
+        e->done = true;
+        e->r = wsframe_encode(c->proto, ch, msg, &e->binary, &e->data, &e->len);
+    }
+    return e->r < 0 ? e->r : ws_send(c->ws, e->binary, e->data, e->len);
 }
 
 /* The notice that starts a dropping episode, parented like the output it replaces so that a
@@ -69,12 +84,15 @@ static void client_send_drop_notice(gw_wsclient_t *c, const jwire_msg_t *dropped
                   "[kbox] output is being dropped for this connection: it is not reading fast "
                   "enough. Status and results of executions still arrive.\n"));
     if (m) {
-        (void)client_send_raw(c, JWIRE_IOPUB, m);
+        encoded_t enc[2] = {0};
+        (void)client_send_raw(c, JWIRE_IOPUB, m, enc);
+        encoded_clear(enc);
         jwire_msg_destroy(&m);
     }
 }
 
-static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg) {
+static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t *msg,
+                        encoded_t enc[2]) {
     if (ch == JWIRE_IOPUB) {
         size_t queued = ws_outbuf_len(c->ws);
         if (c->dropping && queued < OUT_RESUME_BYTES)
@@ -90,7 +108,7 @@ static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t 
             return;
         }
     }
-    if (client_send_raw(c, ch, msg) == -ENOBUFS) {
+    if (client_send_raw(c, ch, msg, enc) == -ENOBUFS) {
         log_warn("channels", "slow WebSocket client disconnected", "{s:s,s:I}", "kernel_id",
                  c->session ? c->session->kernel_id : "", "dropped", (json_int_t)c->dropped);
         ws_close(c->ws, 1008, "client too slow");
@@ -98,19 +116,22 @@ static void client_send(gw_wsclient_t *c, jwire_channel_t ch, const jwire_msg_t 
 }
 
 void gw_channels_dispatch(gw_session_t *s, jwire_channel_t ch, const jwire_msg_t *msg) {
+    encoded_t enc[2] = {0};
     if (ch == JWIRE_IOPUB) {
         gw_wsclient_t *c, *next;
         for (c = TAILQ_FIRST(&s->clients); c; c = next) {
             next = TAILQ_NEXT(c, link);
-            client_send(c, ch, msg);
+            client_send(c, ch, msg, enc);
         }
+        encoded_clear(enc);
         return;
     }
     const char *parent = jwire_msg_parent_id(msg);
     gw_wsclient_t *c = zhashx_lookup(s->routes, parent);
     if (!c)
         return; /* an answer to /execute, or to a client that has gone */
-    client_send(c, ch, msg);
+    client_send(c, ch, msg, enc);
+    encoded_clear(enc);
     /* A reply ends the request's routing; stdin requests come before the reply. */
     if (ch != JWIRE_STDIN && strstr(jwire_msg_type(msg), "_reply"))
         zhashx_delete(s->routes, parent);
@@ -166,12 +187,11 @@ static void on_ws_message(ws_conn_t *ws, bool binary, const void *data, size_t l
     if (wsframe_decode(c->proto, binary, data, len, &ch, &msg) < 0) {
         /* The client hears about it (1007, as for any payload it should not have sent) and
          * nothing reaches the kernel; Jupyter Server drops such a connection too. */
-        log_warn("channels", "malformed WebSocket message; closing the connection",
-                 "{s:s,s:i,s:b}", "kernel_id", s->kernel_id, "bytes", (int)len, "binary",
-                 binary);
-        ws_close(ws, 1007, c->proto == WSFRAME_V1
-                               ? "malformed message for v1.kernel.websocket.jupyter.org"
-                               : "malformed Jupyter message");
+        log_warn("channels", "malformed WebSocket message; closing the connection", "{s:s,s:i,s:b}",
+                 "kernel_id", s->kernel_id, "bytes", (int)len, "binary", binary);
+        ws_close(ws, 1007,
+                 c->proto == WSFRAME_V1 ? "malformed message for v1.kernel.websocket.jupyter.org"
+                                        : "malformed Jupyter message");
         return;
     }
     s->last_activity_us = now_wall_us();
@@ -257,6 +277,10 @@ void gw_channels_open(gw_t *gw, gw_session_t *s, http_conn_t *conn, const http_r
 }
 
 void gw_channels_status(gw_session_t *s, const char *state) {
+    /* Clients told "dead" have given up on what they sent meanwhile: a worker found later must
+     * not run those requests by surprise. */
+    if (streq(state, "dead") && s->held)
+        zlistx_purge(s->held);
     jwire_msg_t *m = jwire_msg_new("status", s->kernel_id, "kbox", NULL,
                                    json_pack("{s:s}", "execution_state", state));
     if (!m)

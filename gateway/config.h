@@ -21,8 +21,8 @@ typedef struct {
     uint64_t idle_timeout_s;
     uint64_t max_output_bytes;
     uint32_t max_queue;
-    uint64_t acquire_timeout_ms;  /* how long a request waits for a worker before 503 */
-    uint64_t interrupt_grace_ms;  /* after a timeout's interrupt, before the worker is replaced */
+    uint64_t acquire_timeout_ms; /* how long a request waits for a worker before 503 */
+    uint64_t interrupt_grace_ms; /* after a timeout's interrupt, before the worker is replaced */
     uint64_t worker_start_timeout_ms;
     uint32_t max_starting_workers; /* concurrent starts; more would only slow each other */
     uint64_t max_body_bytes;

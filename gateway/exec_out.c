@@ -154,8 +154,8 @@ static json_t *feed_rich(exec_out_t *self, const char *msg_type, const json_t *c
     }
     self->used += size;
 
-    json_t *out = json_pack("{s:s,s:O,s:O}", "type", is_result ? "result" : "display", "data",
-                            data, "metadata", json_is_object(metadata) ? metadata : json_object());
+    json_t *out = json_pack("{s:s,s:O,s:O}", "type", is_result ? "result" : "display", "data", data,
+                            "metadata", json_is_object(metadata) ? metadata : json_object());
     if (!out)
         return NULL;
     if (is_result)
@@ -319,11 +319,11 @@ json_t *exec_out_summary(const exec_out_t *self, bool with_outputs) {
             sbuf_add(&all, "\n", 1);
         }
     }
-    json_t *res = json_pack(
-        "{s:s%,s:s%,s:s%,s:O,s:O,s:b}", "result_text", all.p ? all.p : "", all.len, "stdout",
-        out.p ? out.p : "", out.len, "stderr", err.p ? err.p : "", err.len, "error",
-        self->error ? self->error : json_null(), "execution_count", self->execution_count,
-        "truncated", self->truncated);
+    json_t *res =
+        json_pack("{s:s%,s:s%,s:s%,s:O,s:O,s:b}", "result_text", all.p ? all.p : "", all.len,
+                  "stdout", out.p ? out.p : "", out.len, "stderr", err.p ? err.p : "", err.len,
+                  "error", self->error ? self->error : json_null(), "execution_count",
+                  self->execution_count, "truncated", self->truncated);
     free(all.p);
     free(out.p);
     free(err.p);

@@ -85,8 +85,8 @@ struct gw_worker {
     char disk_mount[PATH_MAX];
     char netns_path[PATH_MAX];
     struct fw_netns *netns;
-    bool netns_adopted; /* reattached: no handle, removed by name */
-    char reserved_for[40]; /* kernel_id of the session this worker was started for, or "" */
+    bool netns_adopted;       /* reattached: no handle, removed by name */
+    char reserved_for[40];    /* kernel_id of the session this worker was started for, or "" */
     char owner_kernel_id[40]; /* session owning the disk at cleanup (to tell it when done) */
     uint64_t t_disk_us, t_netns_us, t_launch_us; /* start steps, for the ready log */
 };
@@ -162,13 +162,13 @@ struct gw_session {
     TAILQ_HEAD(, gw_pending) pending;
     TAILQ_HEAD(, gw_wsclient) clients; /* WebSocket channel connections (channels.c) */
     uint32_t nclients;
-    zhashx_t *routes; /* msg_id of a client request -> its gw_wsclient_t */
-    zlistx_t *held;   /* client messages waiting for a worker (channels.c) */
-    char disk_name[64];   /* the session's disk ("" until it adopts a worker's) */
-    uint32_t uid_slot;    /* valid when has_uid_slot */
+    zhashx_t *routes;   /* msg_id of a client request -> its gw_wsclient_t */
+    zlistx_t *held;     /* client messages waiting for a worker (channels.c) */
+    char disk_name[64]; /* the session's disk ("" until it adopts a worker's) */
+    uint32_t uid_slot;  /* valid when has_uid_slot */
     bool has_uid_slot;
-    bool disk_busy;       /* its last worker is still detaching the disk */
-    bool spawn_pending;   /* a dedicated worker is starting for it */
+    bool disk_busy;     /* its last worker is still detaching the disk */
+    bool spawn_pending; /* a dedicated worker is starting for it */
 };
 
 typedef struct gw_wsclient gw_wsclient_t;
@@ -293,9 +293,9 @@ struct gw {
     uint32_t uid_count, uid_next;
     bool owns_launcher;
     bool journal_pending;
-    bool clean_exit; /* every worker was stopped: the journal can go */
-    char id_prefix[8]; /* "w" + 4 hex from the state dir: our netns/veth names, ours alone */
-    uint32_t spawn_failures;     /* consecutive; reset when a worker becomes ready */
+    bool clean_exit;         /* every worker was stopped: the journal can go */
+    char id_prefix[8];       /* "w" + 4 hex from the state dir: our netns/veth names, ours alone */
+    uint32_t spawn_failures; /* consecutive; reset when a worker becomes ready */
     loop_watch_t *backoff_timer; /* while set, no new workers are started */
     uint64_t started_mono_ms;
 };

@@ -28,9 +28,9 @@ typedef struct {
 } http_header_t;
 
 typedef struct {
-    const char *method; /* "GET", "POST", ... */
-    const char *path;   /* percent-decoded path without the query ("/api/kernels/x") */
-    const char *query;  /* raw query string without '?', "" when none */
+    const char *method;     /* "GET", "POST", ... */
+    const char *path;       /* percent-decoded path without the query ("/api/kernels/x") */
+    const char *query;      /* raw query string without '?', "" when none */
     const char *raw_target; /* request target as received */
     const http_header_t *headers;
     size_t nheaders;

@@ -31,21 +31,20 @@ static void journal_write(loop_t *loop, void *arg) {
         if (w->state != WORKER_READY || !w->launched)
             continue;
         json_array_append_new(
-            workers,
-            json_pack("{s:s,s:s,s:i,s:s,s:i,s:b,s:s?}", "id", w->id, "container",
-                      w->proc.container_id, "pid", (int)w->proc.pid, "disk", w->disk_name,
-                      "uid_slot", (int)w->uid_slot, "has_uid_slot", w->has_uid_slot, "session",
-                      w->session ? w->session->kernel_id : NULL));
+            workers, json_pack("{s:s,s:s,s:i,s:s,s:i,s:b,s:s?}", "id", w->id, "container",
+                               w->proc.container_id, "pid", (int)w->proc.pid, "disk", w->disk_name,
+                               "uid_slot", (int)w->uid_slot, "has_uid_slot", w->has_uid_slot,
+                               "session", w->session ? w->session->kernel_id : NULL));
     }
     gw_session_t *s;
     TAILQ_FOREACH(s, &gw->sessions, link) {
         if (s->released)
             continue;
-        json_array_append_new(
-            sessions, json_pack("{s:s,s:s?,s:s,s:s,s:i,s:b}", "kernel_id", s->kernel_id,
-                                "user_uuid", s->user_uuid, "kernel_name", s->kernel_name, "disk",
-                                s->disk_name, "uid_slot", (int)s->uid_slot, "has_uid_slot",
-                                s->has_uid_slot));
+        json_array_append_new(sessions,
+                              json_pack("{s:s,s:s?,s:s,s:s,s:i,s:b}", "kernel_id", s->kernel_id,
+                                        "user_uuid", s->user_uuid, "kernel_name", s->kernel_name,
+                                        "disk", s->disk_name, "uid_slot", (int)s->uid_slot,
+                                        "has_uid_slot", s->has_uid_slot));
     }
     json_t *j = json_pack("{s:i,s:s,s:o,s:o}", "version", 1, "launcher", gw->launcher->name,
                           "workers", workers, "sessions", sessions);

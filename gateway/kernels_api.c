@@ -111,6 +111,19 @@ void gw_kernels_api(gw_t *gw, http_conn_t *conn, const http_request_t *req) {
             not_allowed(conn, "GET");
             return;
         }
+        /* jupyter_server 1.23's gateway client, when KERNEL_USERNAME is set, asks for one spec
+         * as /api/kernelspecs?user=<user>/<name> (url_path_join onto its ?user= URL) and
+         * crashes (500) on the list: answer with that one spec. */
+        char user[256];
+        const char *slash;
+        if (http_query_param(req->query, "user", user, sizeof user) >= 0 &&
+            (slash = strrchr(user, '/'))) {
+            if (!streq(slash + 1, "python3"))
+                http_conn_respond_error(conn, 404, "no such kernel spec", slash + 1);
+            else
+                send_json(conn, 200, kernelspec(gw), NULL);
+            return;
+        }
         send_json(conn, 200,
                   json_pack("{s:s,s:{s:o}}", "default", "python3", "kernelspecs", "python3",
                             kernelspec(gw)),

@@ -20,12 +20,12 @@ typedef struct {
     double cpu;             /* CPU quota in cores */
     uint64_t ram_mb;
     uint64_t pids_max;
-    uint32_t uid;           /* the worker's own uid (and gid) */
+    uint32_t uid; /* the worker's own uid (and gid) */
 } launcher_spec_t;
 
 typedef struct {
-    pid_t pid;   /* host pid of the process to watch (the container's init) */
-    int pidfd;   /* pidfd for pid, owned by the caller after start, -1 if none */
+    pid_t pid; /* host pid of the process to watch (the container's init) */
+    int pidfd; /* pidfd for pid, owned by the caller after start, -1 if none */
     char container_id[80];
 } launcher_proc_t;
 

@@ -22,11 +22,34 @@ static int proc_start(launcher_t *self, const launcher_spec_t *spec, launcher_pr
         return r;
     if (mkdir(home, 0700) < 0 || mkdir(mpl, 0700) < 0)
         return -errno;
-    char *argv[] = {(char *)spec->python, "-m", "ipykernel_launcher", "-f",
-                    (char *)spec->conn_file, NULL};
-    char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", env_home, env_mpl, "LANG=C.UTF-8",
+    char *argv[] = {(char *)spec->python,
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    (char *)spec->conn_file,
+                    NULL,
+                    NULL};
+    /* The native kernel: kbox-kernel-host next to this build's gateway, as its init. */
+    char kh[PATH_MAX];
+    if (streq(spec->kernel, "native")) {
+        ssize_t len = readlink("/proc/self/exe", kh, sizeof kh - 1);
+        if (len <= 0)
+            return -errno;
+        kh[len] = '\0';
+        char *slash = strrchr(kh, '/');
+        if (!slash || (r = xsnprintf(slash, sizeof kh - (size_t)(slash - kh),
+                                     "/../kernel-host/kbox-kernel-host")) < 0)
+            return slash ? r : -EINVAL;
+        char *const nargv[] = {kh, "--kernel", "native", "-f", (char *)spec->conn_file, NULL};
+        memcpy(argv, nargv, sizeof nargv);
+    }
+    char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin",
+                    env_home,
+                    env_mpl,
+                    "LANG=C.UTF-8",
                     "MPLBACKEND=module://matplotlib_inline.backend_inline",
-                    "PYTHONUNBUFFERED=1", NULL};
+                    "PYTHONUNBUFFERED=1",
+                    NULL};
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0)

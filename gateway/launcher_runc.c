@@ -237,9 +237,8 @@ static int cgroup_remove_one(const char *parent_dir, void *arg) {
 static int kernel_argv_make(const launcher_spec_t *spec, char *conn_inside, size_t len,
                             const char **argv) {
     const char *kernel = spec->kernel ? spec->kernel : "ipykernel";
-    if (streq(kernel, "native"))
-        return -EOPNOTSUPP; /* needs kbox-kernel-host --kernel native: a later issue */
-    if (!streq(kernel, "ipykernel"))
+    bool native = streq(kernel, "native");
+    if (!native && !streq(kernel, "ipykernel"))
         return -EINVAL;
     const char *python = spec->python ? spec->python : "/usr/bin/python3";
     if (python[0] != '/')
@@ -253,6 +252,13 @@ static int kernel_argv_make(const launcher_spec_t *spec, char *conn_inside, size
     int r = xsnprintf(conn_inside, len, "%s/%s", WIMG_RUN_DIR, name);
     if (r < 0)
         return r;
+    if (native) {
+        /* The native kernel is the init's own binary in its kernel role (kernel-host/). */
+        const char *a[] = {WIMG_INIT_PATH, "--kernel",  "native", "--no-init",
+                           "-f",           conn_inside, NULL};
+        memcpy(argv, a, sizeof a);
+        return 0;
+    }
     argv[0] = python;
     argv[1] = "-m";
     argv[2] = "ipykernel_launcher";
@@ -303,7 +309,7 @@ static int runc_start(launcher_t *l, const launcher_spec_t *spec, launcher_proc_
     const char *id = spec->worker_id;
 
     char conn_inside[4096];
-    const char *kargv[6];
+    const char *kargv[7];
     int r = kernel_argv_make(spec, conn_inside, sizeof conn_inside, kargv);
     if (r < 0)
         return r;

@@ -6,7 +6,7 @@
 #include <stdarg.h>
 
 static const double bounds[GW_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                               0.25,  0.5,    1,     2.5,  5,     10,  30};
+                                               0.25,  0.5,    1,     2.5,  5,     10,   30};
 
 void gw_hist_observe(gw_hist_t *h, double seconds) {
     size_t i = 0;

@@ -159,8 +159,9 @@ void gw_pool_request(gw_t *gw, gw_session_t *s) {
     }
     s->waiting = true;
     TAILQ_INSERT_TAIL(&gw->waiting, s, wait_link);
-    s->acquire_timer = loop_timer_add(gw->loop, gw->cfg.acquire_timeout_ms ? gw->cfg.acquire_timeout_ms : 1,
-                                      0, on_acquire_timeout, s);
+    s->acquire_timer =
+        loop_timer_add(gw->loop, gw->cfg.acquire_timeout_ms ? gw->cfg.acquire_timeout_ms : 1, 0,
+                       on_acquire_timeout, s);
     gw_pool_top_up(gw);
 }
 

@@ -109,14 +109,14 @@ int gw_sandbox_init(gw_t *gw) {
     if ((r = self_dir(bindir, sizeof bindir)) < 0)
         return r;
     if ((r = xsnprintf(init, sizeof init, "%s/../kernel-host/kbox-kernel-host", bindir)) < 0 ||
-        (r = xsnprintf(script, sizeof script, "%s/worker-image/build-rootfs.sh",
-                       KBOX_SOURCE_DIR)) < 0 ||
+        (r = xsnprintf(script, sizeof script, "%s/worker-image/build-rootfs.sh", KBOX_SOURCE_DIR)) <
+            0 ||
         (r = xsnprintf(gw->rootfs, sizeof gw->rootfs, "%s/rootfs", c->state_dir)) < 0)
         return r;
     snprintf(uidb, sizeof uidb, "%u", c->uid_base);
     snprintf(uidc, sizeof uidc, "%u", c->uid_count);
-    char *argv[] = {"/bin/sh", script, "--init", init, "--uid-base", uidb, "--uid-count", uidc,
-                    gw->rootfs, NULL};
+    char *argv[] = {"/bin/sh", script,        "--init", init,       "--uid-base",
+                    uidb,      "--uid-count", uidc,     gw->rootfs, NULL};
     if ((r = run_script(argv)) < 0) {
         log_error("sandbox", "building the worker rootfs failed", "{s:s}", "script", script);
         return r;
@@ -141,8 +141,8 @@ int gw_sandbox_init(gw_t *gw) {
     char runc_root[PATH_MAX], bundles[PATH_MAX], seccomp[PATH_MAX];
     if ((r = xsnprintf(runc_root, sizeof runc_root, "%s/runc", c->state_dir)) < 0 ||
         (r = xsnprintf(bundles, sizeof bundles, "%s/bundles", c->state_dir)) < 0 ||
-        (r = xsnprintf(seccomp, sizeof seccomp, "%s/worker-image/seccomp.json",
-                       KBOX_SOURCE_DIR)) < 0)
+        (r = xsnprintf(seccomp, sizeof seccomp, "%s/worker-image/seccomp.json", KBOX_SOURCE_DIR)) <
+            0)
         return r;
     (void)path;
     /* Our own cgroup parent, like our own runc root: a sweep can never touch the containers
@@ -210,7 +210,8 @@ void gw_sandbox_fini(gw_t *gw) {
     }
     if (gw->rootfs[0]) {
         char script[PATH_MAX];
-        if (xsnprintf(script, sizeof script, "%s/worker-image/build-rootfs.sh", KBOX_SOURCE_DIR) >= 0) {
+        if (xsnprintf(script, sizeof script, "%s/worker-image/build-rootfs.sh", KBOX_SOURCE_DIR) >=
+            0) {
             char *argv[] = {"/bin/sh", script, "--remove", gw->rootfs, NULL};
             run_script(argv);
         }
@@ -262,8 +263,8 @@ void gw_sandbox_release(gw_worker_t *w) {
     if (w->netns) {
         int r = fw_netns_remove(w->netns);
         if (r < 0)
-            log_warn("sandbox", "namespace removal failed", "{s:s,s:s}", "worker", w->id,
-                     "error", strerror(-r));
+            log_warn("sandbox", "namespace removal failed", "{s:s,s:s}", "worker", w->id, "error",
+                     strerror(-r));
         fw_netns_destroy(&w->netns);
     } else if (w->netns_adopted) {
         fw_netns_delete(&gw->fw, w->id); /* reattached after a gateway restart: by name */

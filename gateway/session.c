@@ -160,9 +160,9 @@ static void pump(gw_session_t *s) {
         e->session_reset = true;
         s->reset_pending = false;
     }
-    json_t *content = json_pack("{s:s,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent", 0,
-                                "store_history", 1, "user_expressions", "allow_stdin", 0,
-                                "stop_on_error", 1);
+    json_t *content =
+        json_pack("{s:s,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent", 0, "store_history", 1,
+                  "user_expressions", "allow_stdin", 0, "stop_on_error", 1);
     jwire_msg_t *m = content ? gw_worker_msg(s->worker, "execute_request", content) : NULL;
     int r = m ? gw_worker_send(s->worker, JWIRE_SHELL, m) : -ENOMEM;
     if (m)

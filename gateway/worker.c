@@ -408,8 +408,7 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
             w->disk_attach = true;
             w->uid_slot = for_session->uid_slot;
             snprintf(w->reserved_for, sizeof w->reserved_for, "%s", for_session->kernel_id);
-            snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s",
-                     for_session->kernel_id);
+            snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s", for_session->kernel_id);
         } else {
             if ((r = gw_uid_slot_alloc(gw, &w->uid_slot)) < 0)
                 goto fail;

@@ -107,8 +107,7 @@ static int decode_legacy_binary(const uint8_t *d, size_t len, jwire_channel_t *r
     return r;
 }
 
-static int decode_v1(const uint8_t *d, size_t len, jwire_channel_t *ret_ch,
-                     jwire_msg_t **ret_msg) {
+static int decode_v1(const uint8_t *d, size_t len, jwire_channel_t *ret_ch, jwire_msg_t **ret_msg) {
     /* n offsets: the start of every part, then the end of the last one. */
     if (len < 8)
         return -EBADMSG;
@@ -155,7 +154,10 @@ int wsframe_decode(wsframe_proto_t proto, bool binary, const void *data, size_t 
         return -EINVAL;
     if (proto == WSFRAME_V1 && binary)
         return decode_v1(data, len, ret_ch, ret_msg);
-    if (binary)
+    /* jupyter_server 1.23's gateway proxy forwards a browser's binary message upstream with
+     * write_message(bytes), which tornado sends as a *text* frame: a legacy text frame that
+     * starts with a NUL byte (never JSON; the be32 part count) is that binary form. */
+    if (binary || (len > 0 && ((const uint8_t *)data)[0] == 0))
         return decode_legacy_binary(data, len, ret_ch, ret_msg);
     json_t *obj = json_loadb(data, len, 0, NULL);
     zmsg_t *none = NULL;
@@ -245,7 +247,8 @@ int wsframe_encode(wsframe_proto_t proto, jwire_channel_t ch, const jwire_msg_t 
         free(text);
         return r;
     }
-    char *js[4] = {json_dumps(msg->header, JSON_COMPACT), json_dumps(msg->parent_header, JSON_COMPACT),
+    char *js[4] = {json_dumps(msg->header, JSON_COMPACT),
+                   json_dumps(msg->parent_header, JSON_COMPACT),
                    json_dumps(msg->metadata, JSON_COMPACT), json_dumps(msg->content, JSON_COMPACT)};
     size_t n = 5 + nbufs;
     char **parts = calloc(n, sizeof *parts);

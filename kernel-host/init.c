@@ -85,7 +85,7 @@ static void signals_set(sigset_t *set) {
 
 /* In the child, before exec: default dispositions (runc or the gateway may have left
  * SIGPIPE ignored, and an ignored disposition survives exec), nothing blocked, own group. */
-static _Noreturn void child_exec(const char *path, char *const *argv) {
+static _Noreturn void child_exec(const char *path, char *const *argv, pid_t parent) {
     struct sigaction dfl = {.sa_handler = SIG_DFL};
     for (int s = 1; s < NSIG; s++)
         if (s != SIGKILL && s != SIGSTOP)
@@ -94,8 +94,14 @@ static _Noreturn void child_exec(const char *path, char *const *argv) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     (void)setpgid(0, 0);
-    if (path)
+    if (path) {
+        /* The native kernel is our own binary: it dies with us even outside a pid namespace
+         * (a standalone kernel whose init a client killed). Checked after setting it, so an
+         * init that died in between is noticed too. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
+            _exit(125);
         execv(path, argv);
+    }
     else
         execvp(argv[0], argv);
     _exit(errno == ENOENT ? 127 : 126);
@@ -136,6 +142,7 @@ int khost_init_run(const khost_args_t *args) {
     if (sigprocmask(SIG_BLOCK, &set, &old) < 0)
         return -errno;
 
+    pid_t self = getpid();
     pid_t kernel = fork();
     if (kernel < 0) {
         int r = -errno;
@@ -143,7 +150,7 @@ int khost_init_run(const khost_args_t *args) {
         return r;
     }
     if (kernel == 0)
-        child_exec(path, argv);
+        child_exec(path, argv, self);
     /* Also from this side, so a signal forwarded right away already finds the group. */
     (void)setpgid(kernel, kernel);
 

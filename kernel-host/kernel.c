@@ -1,24 +1,32 @@
-/* The native kernel's process and its I/O thread (see kernel.h, kernel_int.h).
+/* The native kernel's process and its sockets (see kernel.h, kernel_int.h).
  *
- * Process setup: fd 0 is /dev/null; fds 1 and 2 are pipes whose read ends belong to the I/O
- * thread, so output of Python code, of C extensions and of every child process reaches iopub
+ * Process setup: fd 0 is /dev/null; fds 1 and 2 are pipes whose read ends belong to the
+ * kernel, so output of Python code, of C extensions and of every child process reaches iopub
  * as `stream` messages while the cell runs. The kernel host's own log goes to the stderr it
- * was started with (saved before the swap). Then the I/O thread binds the five sockets and
- * the main thread starts Python (pyshell.c).
+ * was started with (saved before the swap). Heartbeat is a ROUTER echoed by zmq_proxy() in a
+ * thread of its own (ipykernel's design): it never waits for anything else.
  *
- * The I/O thread runs the event loop (common/loop.h) and never takes the GIL:
- *   - heartbeat: a ROUTER echoed by zmq_proxy() in a thread of its own, as ipykernel does;
- *   - control: kernel_info, interrupt (SIGINT to the Python thread and the kernel's process
- *     group), shutdown, comm_info, answered at once even while a cell runs;
- *   - shell: kernel_info is answered here when nothing is queued (so a client gets it while
- *     Python is still importing IPython); every other request goes to the Python thread;
- *   - stdin: input_reply goes to the Python thread waiting in input();
- *   - out_q: messages from the Python thread, sent in order; before each iopub message, what
- *     the pipes hold is published first, so prints come before the result that follows them;
- *   - pipes: read as they fill, coalesced for KIO_FLUSH_MS, bounded (a writer that outruns
- *     iopub blocks on the full pipe).
- * Any failure of the loop or the heartbeat thread ends the process: a kernel that cannot
- * serve must die where the gateway sees it, never hang. */
+ * Who serves the shell, control, stdin and iopub sockets: on a small VM, waking a sleeping
+ * thread costs ~30 us of CPU (an eventfd ping-pong between two threads measures 64 us per
+ * round trip here), more than everything else a trivial execute_request costs the kernel
+ * host. So the sockets have an owner, `owner`:
+ *   - PY: the Python thread, while it is idle (it sleeps in poll() on the sockets, the pipes
+ *     and out_q) and during the first KIO_TAKEOVER_US of a request. A request that ends
+ *     within that (a trivial execute) is read, run and answered by the Python thread alone:
+ *     the only other thread that wakes is libzmq's own;
+ *   - IO: the I/O thread, from the moment a request has run for KIO_TAKEOVER_US (its timerfd
+ *     fires; the Python thread armed it and released the sockets before running user code),
+ *     or needs stdin; and at start, until Python is ready. Then control (interrupt,
+ *     shutdown, kernel_info), stream output from the pipes and display messages flow while
+ *     user code runs, exactly as with a dedicated I/O thread; when the Python thread has
+ *     nothing left in flight, the I/O thread hands the sockets back.
+ * sock_mu serializes every use of a socket between the two; neither holds it while it
+ * sleeps, and the Python thread never holds it while user code runs (it is released before
+ * the cell starts), so control never waits for the GIL. Messages built by the Python side
+ * always go through out_q (kout_t); whoever owns the sockets sends them.
+ *
+ * Any failure of the I/O thread's loop or of the heartbeat thread ends the process: a
+ * kernel that cannot serve must die where the gateway sees it, never hang. */
 #include "kernel.h"
 #include "kernel_int.h"
 #include "kmsg.h"
@@ -30,25 +38,28 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <zmq.h>
 
-#define KIO_FLUSH_MS        5u                          /* stream coalescing window */
-#define KIO_STREAM_CAP      ((size_t)64 * 1024)         /* bytes per stream message at most */
-#define KIO_PIPE_SIZE       (256 * 1024)                /* kernel pipe buffer per stream */
-#define KIO_DRAIN_MAX       ((size_t)1024 * 1024)       /* read per drain, so floods can't livelock */
-#define KIO_MAX_MSG         ((int64_t)64 * 1024 * 1024) /* largest request accepted */
-#define KIO_REPLAY_CAP      16384u
-#define KIO_MAX_PENDING     1024u /* shell requests queued before we stop reading shell */
-#define KIO_EXIT_GRACE_MS   1500u /* shutdown: atexit handlers get this long */
-#define KIO_LINGER_MS       1000
-#define KQ_REQ_CAP          (KIO_MAX_PENDING + 16)
-#define KQ_STDIN_CAP        16u
-#define KQ_OUT_CAP          8192u
-#define KQ_OUT_BYTES        ((size_t)64 * 1024 * 1024)
+#define KIO_TAKEOVER_US   1000                        /* a request runs this long alone */
+#define KIO_FLUSH_MS      5u                          /* stream coalescing window (IO owner) */
+#define KIO_STREAM_CAP    ((size_t)64 * 1024)         /* bytes per stream message at most */
+#define KIO_PIPE_SIZE     (256 * 1024)                /* kernel pipe buffer per stream */
+#define KIO_DRAIN_MAX     ((size_t)1024 * 1024)       /* read per drain: floods can't livelock */
+#define KIO_MAX_MSG       ((int64_t)64 * 1024 * 1024) /* largest request accepted */
+#define KIO_REPLAY_CAP    16384u
+#define KIO_MAX_PENDING   1024u /* shell requests queued before we stop reading shell */
+#define KIO_EXIT_GRACE_MS 1500  /* shutdown: atexit handlers get this long */
+#define KIO_LINGER_MS     1000
+#define KQ_REQ_CAP        (KIO_MAX_PENDING + 16)
+#define KQ_STDIN_CAP      16u
+#define KQ_OUT_CAP        8192u
+#define KQ_OUT_BYTES      ((size_t)64 * 1024 * 1024)
 
 static const jwire_limits_t limits = {.max_bytes = (size_t)KIO_MAX_MSG, .max_frames = 64};
 static const char *const stream_names[2] = {"stdout", "stderr"};
@@ -111,6 +122,7 @@ void kout_free(void *item) {
     json_decref(it->content);
     json_decref(it->metadata);
     zmsg_destroy(&it->ids);
+    zmsg_destroy(&it->buffers);
     free(it);
 }
 
@@ -122,7 +134,9 @@ void kreq_free(void *item) {
     free(r);
 }
 
-/* ---- the I/O thread ----------------------------------------------------------------------- */
+/* ---- state --------------------------------------------------------------------------------- */
+
+enum { OWNER_IO = 0, OWNER_PY = 1 };
 
 typedef struct {
     kshared_t *sh;
@@ -131,29 +145,34 @@ typedef struct {
     jwire_replay_t *replay;
     void *ctx;
     void *sock[JWIRE_NCHANNELS]; /* the heartbeat socket belongs to hb_thread once started */
+    int sock_fd[JWIRE_NCHANNELS];
     pthread_t hb_thread;
-    loop_t *loop;
-    loop_watch_t *watch[JWIRE_NCHANNELS];
-    loop_watch_t *out_watch;
-    loop_watch_t *pipe_watch[2];
-    loop_watch_t *flush_timer;
-    loop_watch_t *exit_timer;
-    bool pipe_paused[2];
-    uint64_t last_flush_us;
-    json_t *empty; /* {} shared by messages without metadata or parent */
-    unsigned py_pending;
-    bool py_ready;
-    bool shell_paused;
+    pthread_mutex_t sock_mu; /* every use of a socket (and of the fields below it) */
+    atomic_int owner;
+    atomic_bool in_request; /* the Python thread is serving a request */
+    atomic_bool need_io;    /* the Python thread asks the I/O thread to take over (stdin) */
+    atomic_uint py_pending; /* requests read and not yet answered (their idle not sent) */
+    atomic_bool py_ready;
     bool shutting_down;
-    uint64_t seq;
     uint64_t msg_count;
     char msgid_prefix[64];
+    json_t *empty; /* {} for messages without metadata or parent */
+    /* I/O thread only */
+    loop_t *loop;
+    loop_watch_t *watch[JWIRE_NCHANNELS];
+    loop_watch_t *out_watch, *pipe_watch[2], *flush_timer;
+    loop_watch_t *takeover_watch, *exit_watch;
+    int takeover_fd, exit_fd;
+    bool pipe_paused[2];
+    bool shell_paused;
+    uint64_t last_flush_us;
     /* start handshake with the main thread */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int start_result; /* 1 = running, < 0 = failed */
 } kio_t;
 
+static kio_t io_state;
 static atomic_bool terminating;
 
 static _Noreturn void die(const char *why) {
@@ -161,9 +180,17 @@ static _Noreturn void die(const char *why) {
     _exit(70);
 }
 
-/* Sends one message. content and metadata are stolen (NULL: {}); parent and ids borrowed. */
-static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
-                   zmsg_t *ids, json_t *content, json_t *metadata) {
+static void timer_set(int fd, long usec) {
+    struct itimerspec its = {.it_value = {.tv_sec = usec / 1000000, .tv_nsec = usec % 1000000 * 1000}};
+    (void)timerfd_settime(fd, 0, &its, NULL);
+}
+
+/* ---- sending (sock_mu held) ---------------------------------------------------------------- */
+
+/* Sends one message. content and metadata are stolen (NULL: {}); parent, ids and buffers
+ * borrowed. */
+static int io_send_bufs(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
+                        zmsg_t *ids, json_t *content, json_t *metadata, zmsg_t *buffers) {
     char id[96], date[32];
     snprintf(id, sizeof id, "%s%llu", io->msgid_prefix, (unsigned long long)++io->msg_count);
     jwire_now_iso8601(date);
@@ -175,12 +202,15 @@ static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *
         .parent_header = parent ? parent : io->empty,
         .metadata = metadata ? metadata : io->empty,
         .content = content ? content : io->empty,
+        .buffers = buffers,
     };
     int r = m.header ? jwire_msg_send(&m, io->signer, io->sock[ch]) : -ENOMEM;
     json_decref(m.header);
     json_decref(content);
     json_decref(metadata);
-    if (io->watch[ch])
+    /* A send can swallow the ZMQ_FD edge that announced input: the I/O thread's loop
+     * re-checks; the Python thread always checks ZMQ_EVENTS before it sleeps. */
+    if (io->watch[ch] && atomic_load(&io->owner) == OWNER_IO)
         loop_zmq_kick(io->loop, io->watch[ch]);
     if (r < 0 && r != -EAGAIN)
         klog(LOG_LVL_WARN, "send failed", "{s:s, s:s, s:s}", "channel", jwire_channel_name(ch),
@@ -188,7 +218,12 @@ static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *
     return r;
 }
 
-/* ---- output streams ----------------------------------------------------------------------- */
+static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
+                   zmsg_t *ids, json_t *content, json_t *metadata) {
+    return io_send_bufs(io, ch, msg_type, parent, ids, content, metadata, NULL);
+}
+
+/* ---- output streams ------------------------------------------------------------------------ */
 
 /* Queues what buf i holds as stream messages (sh->st.mu held). */
 static void stream_queue(kshared_t *sh, int i, bool force) {
@@ -208,9 +243,17 @@ static void stream_queue(kshared_t *sh, int i, bool force) {
 
 void kstreams_drain_locked(kshared_t *sh, size_t max, bool force) {
     kstreams_t *st = &sh->st;
+    /* One poll() for both pipes: they are usually empty, and a syscall saved per message
+     * adds up over the six messages of a request. */
+    struct pollfd p[2] = {{.fd = st->pipe_r[0], .events = POLLIN},
+                          {.fd = st->pipe_r[1], .events = POLLIN}};
+    bool ready[2] = {true, true};
+    if (poll(p, 2, 0) >= 0)
+        for (int i = 0; i < 2; i++)
+            ready[i] = p[i].revents != 0;
     for (int i = 0; i < 2; i++) {
         size_t total = 0;
-        while (total < max) {
+        while (ready[i] && total < max) {
             kstream_t *b = st->buf[i];
             if (kstream_space(b) == 0) {
                 size_t before = kstream_len(b);
@@ -245,76 +288,68 @@ void kout_publish_ordered(kshared_t *sh, kout_t *it, size_t bytes) {
     pthread_mutex_unlock(&sh->st.mu);
 }
 
-static void handle_out(kio_t *io, kout_t *it);
+static _Noreturn void finish(kio_t *io);
+static void shell_pause_update(kio_t *io);
 
-/* Sends everything queued (bounded per call; the rest gets a wakeup). */
-static void out_process(kio_t *io) {
-    kq_ack(io->sh->out_q);
-    /* Bounded per wakeup so control and heartbeat never wait behind a flood of display
-     * messages. */
-    for (int n = 0; n < 256; n++) {
-        kout_t *it = kq_pop(io->sh->out_q);
-        if (!it)
-            return;
-        handle_out(io, it);
+/* One item from out_q (sock_mu held). */
+static void handle_out(kio_t *io, kout_t *it) {
+    switch (it->kind) {
+    case KOUT_PY_READY:
+        atomic_store(&io->py_ready, true);
+        klog(LOG_LVL_INFO, "python ready", "{s:I}", "start_ms",
+             (json_int_t)((now_mono_us() - io->sh->start_us) / 1000));
+        break;
+    case KOUT_PY_EXITED:
+        kout_free(it);
+        finish(io);
+    case KOUT_MSG:
+        io_send_bufs(io, it->ch, it->msg_type, it->parent, it->ids, TAKE_PTR(it->content),
+                     TAKE_PTR(it->metadata), it->buffers);
+        if (it->flags & KOUT_F_REQUEST_DONE) {
+            unsigned p = atomic_load(&io->py_pending);
+            while (p > 0 && !atomic_compare_exchange_weak(&io->py_pending, &p, p - 1))
+                ;
+            if (atomic_load(&io->owner) == OWNER_IO)
+                shell_pause_update(io);
+        }
+        break;
     }
-    kq_kick(io->sh->out_q);
+    kout_free(it);
 }
 
-/* Output written while a cell runs: queued and sent now. */
-static void streams_flush(kio_t *io, bool force) {
+/* Sends what out_q holds (sock_mu held); at most `max` items, true if some are left. */
+static bool out_send(kio_t *io, int max) {
+    kq_ack(io->sh->out_q);
+    for (int n = 0; n < max; n++) {
+        kout_t *it = kq_pop(io->sh->out_q);
+        if (!it)
+            return false;
+        handle_out(io, it);
+    }
+    return true;
+}
+
+/* Pipes, then out_q: everything written and queued so far goes out (sock_mu held). */
+static void flush_all(kio_t *io, bool force) {
     pthread_mutex_lock(&io->sh->st.mu);
     kstreams_drain_locked(io->sh, KIO_DRAIN_MAX, force);
     pthread_mutex_unlock(&io->sh->st.mu);
     io->last_flush_us = now_mono_us();
-    out_process(io);
+    while (out_send(io, 1024))
+        ;
 }
 
-static void streams_resume(kio_t *io) {
-    loop_watch_del(io->loop, &io->flush_timer);
-    for (int i = 0; i < 2; i++)
-        if (io->pipe_paused[i] && io->pipe_watch[i]) {
-            loop_io_mod(io->loop, io->pipe_watch[i], LOOP_READ);
-            io->pipe_paused[i] = false;
-        }
-}
-
-static void on_flush_timer(loop_t *loop, loop_watch_t *w, void *arg) {
-    kio_t *io = arg;
-    streams_resume(io);
-    streams_flush(io, false);
-}
-
-static void on_pipe(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
-    kio_t *io = arg;
-    uint64_t since = now_mono_us() - io->last_flush_us;
-    if (since >= KIO_FLUSH_MS * 1000u) {
-        streams_flush(io, false); /* the first output of a while goes out at once */
-        return;
-    }
-    /* More within the window: coalesce. Stop watching until the timer publishes. */
-    int i = fd == io->sh->st.pipe_r[0] ? 0 : 1;
-    loop_io_mod(loop, io->pipe_watch[i], 0);
-    io->pipe_paused[i] = true;
-    if (!io->flush_timer) {
-        uint64_t left_ms = (KIO_FLUSH_MS * 1000u - since + 999) / 1000;
-        io->flush_timer = loop_timer_add(loop, left_ms ? left_ms : 1, 0, on_flush_timer, io);
-        if (!io->flush_timer)
-            on_flush_timer(loop, NULL, io);
-    }
-}
-
-/* ---- replies sent by the I/O thread itself ------------------------------------------------ */
+/* ---- replies the kernel host makes without Python (sock_mu held) ---------------------------- */
 
 static void send_status(kio_t *io, const char *state, json_t *parent) {
     io_send(io, JWIRE_IOPUB, "status", parent, NULL, kmsg_status(state), NULL);
 }
 
-/* A reply to msg on ch, with busy/idle around it when no shell request is in progress (a
- * status published while a cell runs would tell clients the kernel is idle). */
+/* A reply to msg on ch, with busy/idle around it when no request is in flight (a status
+ * published while a cell runs would tell clients the kernel is idle). */
 static void reply_direct(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg, const char *reply_type,
                          json_t *content) {
-    bool status = io->py_pending == 0;
+    bool status = atomic_load(&io->py_pending) == 0;
     if (status)
         send_status(io, "busy", msg->header);
     io_send(io, ch, reply_type, msg->header, msg->ids, content, NULL);
@@ -332,8 +367,9 @@ static void interrupt_kernel(kio_t *io) {
     (void)pthread_kill(io->sh->main_thread, SIGINT);
 }
 
+/* Ends the process after sending what is queued (sock_mu held). */
 static _Noreturn void finish(kio_t *io) {
-    streams_flush(io, true);
+    flush_all(io, true);
     atomic_store(&terminating, true);
     int linger = KIO_LINGER_MS;
     for (int c = 0; c < JWIRE_NCHANNELS; c++) {
@@ -348,8 +384,13 @@ static _Noreturn void finish(kio_t *io) {
     _exit(0);
 }
 
-static void on_exit_timer(loop_t *loop, loop_watch_t *w, void *arg) {
-    finish(arg);
+static void queue_request(kio_t *io, kreq_t *r) {
+    if (kq_push(io->sh->req_q, r, 0, false) < 0) {
+        kreq_free(r);
+        return;
+    }
+    atomic_fetch_add(&io->py_pending, 1);
+    kq_kick(io->sh->req_q); /* wakes the Python thread if it sleeps */
 }
 
 static void do_shutdown(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg) {
@@ -359,26 +400,28 @@ static void do_shutdown(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg) {
         /* ipykernel also broadcasts it, for other clients of the kernel. */
         io_send(io, JWIRE_IOPUB, "shutdown_reply", msg->header, NULL,
                 kmsg_shutdown_reply(restart), NULL);
+        flush_all(io, false);
         io->shutting_down = true;
         klog(LOG_LVL_INFO, "shutdown requested", "{s:b}", "restart", restart);
+        /* The Python thread runs atexit handlers when it gets there, then exits; if a cell
+         * keeps it busy, the exit timer ends the process anyway. */
         kreq_t *r = calloc(1, sizeof *r);
         if (r) {
             r->kind = KREQ_SHUTDOWN;
             if (kq_push(io->sh->req_q, r, 0, false) < 0)
                 free(r);
+            kq_kick(io->sh->req_q);
         }
-        io->exit_timer = loop_timer_add(io->loop, KIO_EXIT_GRACE_MS, 0, on_exit_timer, io);
-        if (!io->exit_timer)
-            finish(io);
+        timer_set(io->exit_fd, KIO_EXIT_GRACE_MS * 1000L);
     }
     jwire_msg_destroy(&msg);
 }
 
-/* ---- channels ----------------------------------------------------------------------------- */
+/* ---- reading requests (sock_mu held; either owner) ------------------------------------------ */
 
-static jwire_msg_t *recv_msg(kio_t *io, void *sock, jwire_channel_t ch) {
+static jwire_msg_t *recv_msg(kio_t *io, jwire_channel_t ch) {
     jwire_msg_t *m = NULL;
-    int r = jwire_msg_recv(sock, io->signer, io->replay, &limits, &m);
+    int r = jwire_msg_recv(io->sock[ch], io->signer, io->replay, &limits, &m);
     if (r == -EAGAIN)
         return NULL;
     if (r < 0) {
@@ -389,21 +432,10 @@ static jwire_msg_t *recv_msg(kio_t *io, void *sock, jwire_channel_t ch) {
     return m;
 }
 
-static void on_shell(loop_t *loop, loop_watch_t *w, void *sock, void *arg);
-
-/* Backpressure: with KIO_MAX_PENDING requests queued, stop reading shell (libzmq queues
- * further ones up to its HWM) until the Python thread catches up. */
-static void shell_pause_update(kio_t *io) {
-    bool want_pause = io->py_pending >= KIO_MAX_PENDING;
-    if (want_pause && !io->shell_paused) {
-        loop_watch_del(io->loop, &io->watch[JWIRE_SHELL]);
-        io->shell_paused = true;
-    } else if (!want_pause && io->shell_paused) {
-        io->watch[JWIRE_SHELL] = loop_zmq_add(io->loop, io->sock[JWIRE_SHELL], on_shell, io);
-        if (!io->watch[JWIRE_SHELL])
-            die("cannot watch the shell socket");
-        io->shell_paused = false;
-    }
+static bool readable(kio_t *io, jwire_channel_t ch) {
+    int ev = 0;
+    size_t len = sizeof ev;
+    return zmq_getsockopt(io->sock[ch], ZMQ_EVENTS, &ev, &len) == 0 && (ev & ZMQ_POLLIN);
 }
 
 static void handle_shell(kio_t *io, jwire_msg_t *m) {
@@ -412,7 +444,7 @@ static void handle_shell(kio_t *io, jwire_msg_t *m) {
         jwire_msg_destroy(&m);
         return;
     }
-    if (streq(type, "kernel_info_request") && io->py_pending == 0) {
+    if (streq(type, "kernel_info_request") && atomic_load(&io->py_pending) == 0) {
         reply_direct(io, JWIRE_SHELL, m, "kernel_info_reply", json_incref(io->sh->kernel_info));
         jwire_msg_destroy(&m);
         return;
@@ -426,28 +458,12 @@ static void handle_shell(kio_t *io, jwire_msg_t *m) {
         jwire_msg_destroy(&m);
         return;
     }
-    *r = (kreq_t){.kind = KREQ_MSG, .msg = m, .seq = ++io->seq};
-    atomic_store(&io->sh->last_seq, r->seq);
-    if (kq_push(io->sh->req_q, r, 0, false) < 0) {
-        kreq_free(r);
-        return;
-    }
-    io->py_pending++;
-    shell_pause_update(io);
+    *r = (kreq_t){.kind = KREQ_MSG, .ch = JWIRE_SHELL, .msg = m,
+                  .seq = atomic_fetch_add(&io->sh->last_seq, 1) + 1};
+    queue_request(io, r);
 }
 
-static void on_shell(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
-    kio_t *io = arg;
-    jwire_msg_t *m = recv_msg(io, sock, JWIRE_SHELL);
-    if (m)
-        handle_shell(io, m);
-}
-
-static void on_control(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
-    kio_t *io = arg;
-    jwire_msg_t *m = recv_msg(io, sock, JWIRE_CONTROL);
-    if (!m)
-        return;
+static void handle_control(kio_t *io, jwire_msg_t *m) {
     const char *type = jwire_msg_type(m);
     if (streq(type, "shutdown_request")) {
         do_shutdown(io, JWIRE_CONTROL, m);
@@ -460,51 +476,300 @@ static void on_control(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
         interrupt_kernel(io);
         reply_direct(io, JWIRE_CONTROL, m, "interrupt_reply", kmsg_ok());
     } else if (streq(type, "comm_info_request")) {
-        reply_direct(io, JWIRE_CONTROL, m, "comm_info_reply", kmsg_comm_info());
+        /* The comms live in Python: answered there, in turn, on control. */
+        kreq_t *r = calloc(1, sizeof *r);
+        if (r) {
+            *r = (kreq_t){.kind = KREQ_MSG, .ch = JWIRE_CONTROL, .msg = TAKE_PTR(m)};
+            queue_request(io, r);
+        }
     } else {
         klog(LOG_LVL_DEBUG, "unhandled control message", "{s:s}", "msg_type", type);
     }
     jwire_msg_destroy(&m);
 }
 
-static void on_stdin(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
-    kio_t *io = arg;
-    jwire_msg_t *m = recv_msg(io, sock, JWIRE_STDIN);
-    if (!m)
-        return;
+static void handle_stdin(kio_t *io, jwire_msg_t *m) {
     if (streq(jwire_msg_type(m), "input_reply") && kq_push(io->sh->stdin_q, m, 0, false) == 0)
         return;
     jwire_msg_destroy(&m);
 }
 
-/* ---- messages from the Python thread ------------------------------------------------------ */
+/* ---- the I/O thread ------------------------------------------------------------------------ */
 
-static void handle_out(kio_t *io, kout_t *it) {
-    switch (it->kind) {
-    case KOUT_PY_READY:
-        io->py_ready = true;
-        klog(LOG_LVL_INFO, "python ready", "{s:I}", "start_ms",
-             (json_int_t)((now_mono_us() - io->sh->start_us) / 1000));
-        break;
-    case KOUT_PY_EXITED:
-        finish(io);
-    case KOUT_MSG:
-        io_send(io, it->ch, it->msg_type, it->parent, it->ids, TAKE_PTR(it->content),
-                TAKE_PTR(it->metadata));
-        if ((it->flags & KOUT_F_REQUEST_DONE) && io->py_pending > 0) {
-            io->py_pending--;
-            shell_pause_update(io);
-        }
-        break;
+#define IO_LOCKED(io, body)                                                                        \
+    do {                                                                                           \
+        pthread_mutex_lock(&(io)->sock_mu);                                                        \
+        if (atomic_load(&(io)->owner) == OWNER_IO) {                                               \
+            body;                                                                                  \
+        }                                                                                          \
+        pthread_mutex_unlock(&(io)->sock_mu);                                                      \
+    } while (0)
+
+static void on_shell(loop_t *loop, loop_watch_t *w, void *sock, void *arg);
+
+/* Backpressure: with KIO_MAX_PENDING requests queued, stop reading shell (libzmq queues
+ * further ones up to its HWM) until the Python thread catches up. */
+static void shell_pause_update(kio_t *io) {
+    bool want_pause = atomic_load(&io->py_pending) >= KIO_MAX_PENDING;
+    if (want_pause && !io->shell_paused) {
+        loop_watch_del(io->loop, &io->watch[JWIRE_SHELL]);
+        io->shell_paused = true;
+    } else if (!want_pause && io->shell_paused) {
+        io->watch[JWIRE_SHELL] = loop_zmq_add(io->loop, io->sock[JWIRE_SHELL], on_shell, io);
+        if (!io->watch[JWIRE_SHELL])
+            die("cannot watch the shell socket");
+        io->shell_paused = false;
     }
-    kout_free(it);
+}
+
+static void pipes_update(kio_t *io) {
+    for (int i = 0; i < 2; i++)
+        if (io->pipe_watch[i])
+            loop_io_mod(io->loop, io->pipe_watch[i], io->pipe_paused[i] ? 0 : LOOP_READ);
+}
+
+static void io_hand_back(kio_t *io);
+
+static void on_shell(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
+    kio_t *io = arg;
+    IO_LOCKED(io, {
+        jwire_msg_t *m = recv_msg(io, JWIRE_SHELL);
+        if (m)
+            handle_shell(io, m);
+        shell_pause_update(io);
+    });
+}
+
+static void on_control(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
+    kio_t *io = arg;
+    IO_LOCKED(io, {
+        jwire_msg_t *m = recv_msg(io, JWIRE_CONTROL);
+        if (m)
+            handle_control(io, m);
+    });
+}
+
+static void on_stdin(loop_t *loop, loop_watch_t *w, void *sock, void *arg) {
+    kio_t *io = arg;
+    IO_LOCKED(io, {
+        jwire_msg_t *m = recv_msg(io, JWIRE_STDIN);
+        if (m)
+            handle_stdin(io, m);
+    });
 }
 
 static void on_out(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
-    out_process(arg);
+    kio_t *io = arg;
+    IO_LOCKED(io, {
+        /* Bounded per wakeup so control and heartbeat never wait behind a flood of display
+         * messages; the rest gets a kick. */
+        if (out_send(io, 256))
+            kq_kick(io->sh->out_q);
+        io_hand_back(io);
+    });
 }
 
-/* ---- heartbeat ---------------------------------------------------------------------------- */
+static void on_flush_timer(loop_t *loop, loop_watch_t *w, void *arg) {
+    kio_t *io = arg;
+    loop_watch_del(loop, &io->flush_timer);
+    io->pipe_paused[0] = io->pipe_paused[1] = false;
+    pipes_update(io);
+    IO_LOCKED(io, flush_all(io, false));
+}
+
+static void on_pipe(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
+    kio_t *io = arg;
+    uint64_t since = now_mono_us() - io->last_flush_us;
+    if (since >= KIO_FLUSH_MS * 1000u) {
+        IO_LOCKED(io, flush_all(io, false)); /* the first output of a while goes at once */
+        return;
+    }
+    /* More within the window: coalesce. Stop watching until the timer publishes. */
+    int i = fd == io->sh->st.pipe_r[0] ? 0 : 1;
+    io->pipe_paused[i] = true;
+    pipes_update(io);
+    if (!io->flush_timer) {
+        uint64_t left_ms = (KIO_FLUSH_MS * 1000u - since + 999) / 1000;
+        io->flush_timer = loop_timer_add(loop, left_ms ? left_ms : 1, 0, on_flush_timer, io);
+        if (!io->flush_timer)
+            on_flush_timer(loop, NULL, io);
+    }
+}
+
+/* Takes the sockets from the Python thread: a request ran past KIO_TAKEOVER_US, or needs
+ * stdin. Watches are added here and removed at hand-back, so only the owner polls. */
+static void io_take_over(kio_t *io) {
+    pthread_mutex_lock(&io->sock_mu);
+    bool take = atomic_load(&io->owner) == OWNER_PY &&
+                (atomic_load(&io->in_request) || atomic_load(&io->need_io));
+    if (take) {
+        atomic_store(&io->owner, OWNER_IO);
+        atomic_store(&io->need_io, false);
+        static const loop_zmq_fn fns[JWIRE_NCHANNELS] = {on_shell, NULL, on_stdin, on_control,
+                                                         NULL};
+        for (int c = 0; c < JWIRE_NCHANNELS; c++)
+            if (fns[c] && !(io->watch[c] = loop_zmq_add(io->loop, io->sock[c], fns[c], io)))
+                die("cannot watch a socket");
+        io->shell_paused = false;
+        io->out_watch = loop_io_add(io->loop, kq_fd(io->sh->out_q), LOOP_READ, on_out, io);
+        for (int i = 0; i < 2; i++) {
+            io->pipe_paused[i] = false;
+            io->pipe_watch[i] = loop_io_add(io->loop, io->sh->st.pipe_r[i], LOOP_READ, on_pipe, io);
+        }
+        if (!io->out_watch || !io->pipe_watch[0] || !io->pipe_watch[1])
+            die("cannot watch the output");
+        /* What the request published so far (busy, execute_input, output) goes now. */
+        flush_all(io, false);
+    }
+    pthread_mutex_unlock(&io->sock_mu);
+}
+
+/* Gives the sockets back once nothing is in flight (sock_mu held, owner IO). */
+static void io_hand_back(kio_t *io) {
+    if (!atomic_load(&io->py_ready) || io->shutting_down || atomic_load(&io->in_request) ||
+        atomic_load(&io->py_pending) > 0 || kq_len(io->sh->out_q) > 0)
+        return;
+    for (int c = 0; c < JWIRE_NCHANNELS; c++)
+        loop_watch_del(io->loop, &io->watch[c]);
+    loop_watch_del(io->loop, &io->out_watch);
+    loop_watch_del(io->loop, &io->pipe_watch[0]);
+    loop_watch_del(io->loop, &io->pipe_watch[1]);
+    loop_watch_del(io->loop, &io->flush_timer);
+    atomic_store(&io->owner, OWNER_PY);
+    kq_kick(io->sh->req_q); /* the Python thread sleeps on req_q while it does not own */
+}
+
+static void on_takeover(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
+    uint64_t n;
+    (void)!read(fd, &n, sizeof n);
+    io_take_over(arg);
+}
+
+static void on_exit_timer(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
+    kio_t *io = arg;
+    pthread_mutex_lock(&io->sock_mu);
+    finish(io);
+}
+
+/* ---- the Python thread's side (called with the GIL; see kernel_int.h) ----------------------- */
+
+bool kio_py_owns(kshared_t *sh) {
+    return atomic_load(&io_state.owner) == OWNER_PY;
+}
+
+void kio_py_service(kshared_t *sh) {
+    kio_t *io = &io_state;
+    if (atomic_load(&sh->forked))
+        return;
+    pthread_mutex_lock(&io->sock_mu);
+    if (atomic_load(&io->owner) != OWNER_PY) {
+        pthread_mutex_unlock(&io->sock_mu);
+        return;
+    }
+    /* ZMQ_FD is edge-like and a send can consume the edge of input that arrived meanwhile:
+     * every send is followed by another look at ZMQ_EVENTS, and the caller sleeps only
+     * after a pass that found nothing to read. */
+    for (;;) {
+        flush_all(io, false);
+        bool any = false;
+        jwire_msg_t *m;
+        /* Control first (an interrupt or shutdown may be waiting behind requests). */
+        while (readable(io, JWIRE_CONTROL) && (m = recv_msg(io, JWIRE_CONTROL))) {
+            handle_control(io, m);
+            any = true;
+        }
+        /* No input() waits while we own the sockets: stale replies are dropped. */
+        while (readable(io, JWIRE_STDIN) && (m = recv_msg(io, JWIRE_STDIN))) {
+            handle_stdin(io, m);
+            any = true;
+        }
+        /* One request at a time: the rest stays in libzmq, so a flood cannot grow req_q. */
+        if (kq_len(sh->req_q) > 0)
+            break; /* the caller runs it, and comes back here before it sleeps */
+        if (readable(io, JWIRE_SHELL) && (m = recv_msg(io, JWIRE_SHELL))) {
+            handle_shell(io, m);
+            any = true;
+        }
+        if (!any && kq_len(sh->out_q) == 0)
+            break;
+    }
+    pthread_mutex_unlock(&io->sock_mu);
+}
+
+void kio_py_pull_shell(kshared_t *sh) {
+    kio_t *io = &io_state;
+    if (atomic_load(&sh->forked))
+        return;
+    pthread_mutex_lock(&io->sock_mu);
+    jwire_msg_t *m;
+    if (atomic_load(&io->owner) == OWNER_PY)
+        while (kq_len(sh->req_q) < KIO_MAX_PENDING && readable(io, JWIRE_SHELL) &&
+               (m = recv_msg(io, JWIRE_SHELL)))
+            handle_shell(io, m);
+    pthread_mutex_unlock(&io->sock_mu);
+}
+
+int kio_py_wait_fds(kshared_t *sh, struct pollfd *fds) {
+    kio_t *io = &io_state;
+    int n = 0;
+    if (atomic_load(&sh->forked))
+        return 0;
+    fds[n++] = (struct pollfd){.fd = kq_fd(sh->req_q), .events = POLLIN};
+    if (atomic_load(&io->owner) == OWNER_PY) {
+        fds[n++] = (struct pollfd){.fd = io->sock_fd[JWIRE_SHELL], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = io->sock_fd[JWIRE_CONTROL], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = io->sock_fd[JWIRE_STDIN], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = kq_fd(sh->out_q), .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = sh->st.pipe_r[0], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = sh->st.pipe_r[1], .events = POLLIN};
+    }
+    return n;
+}
+
+void kio_py_request_start(kshared_t *sh) {
+    kio_t *io = &io_state;
+    if (atomic_load(&sh->forked))
+        return;
+    atomic_store(&io->in_request, true);
+    if (atomic_load(&io->owner) == OWNER_PY)
+        timer_set(io->takeover_fd, KIO_TAKEOVER_US);
+}
+
+void kio_py_request_end(kshared_t *sh) {
+    kio_t *io = &io_state;
+    if (atomic_load(&sh->forked))
+        return;
+    pthread_mutex_lock(&io->sock_mu);
+    atomic_store(&io->in_request, false);
+    if (atomic_load(&io->owner) == OWNER_PY) {
+        timer_set(io->takeover_fd, 0);
+        flush_all(io, false);
+    } else {
+        kq_kick(sh->out_q); /* the I/O thread sends, then hands the sockets back */
+    }
+    pthread_mutex_unlock(&io->sock_mu);
+}
+
+void kio_py_need_io(kshared_t *sh) {
+    kio_t *io = &io_state;
+    if (atomic_load(&sh->forked))
+        return;
+    if (atomic_load(&io->owner) == OWNER_IO) {
+        kq_kick(sh->out_q);
+        return;
+    }
+    atomic_store(&io->need_io, true);
+    timer_set(io->takeover_fd, 1); /* at once */
+}
+
+_Noreturn void kio_py_exit(kshared_t *sh) {
+    if (atomic_load(&sh->forked))
+        _exit(0);
+    pthread_mutex_lock(&io_state.sock_mu);
+    finish(&io_state);
+}
+
+/* ---- heartbeat ----------------------------------------------------------------------------- */
 
 static void *hb_main(void *arg) {
     void *sock = arg;
@@ -517,7 +782,7 @@ static void *hb_main(void *arg) {
     return NULL;
 }
 
-/* ---- start -------------------------------------------------------------------------------- */
+/* ---- start --------------------------------------------------------------------------------- */
 
 static void *zsock_of(kio_t *io, int type, jwire_channel_t ch) {
     void *s = zmq_socket(io->ctx, type);
@@ -545,30 +810,33 @@ static int io_setup(kio_t *io) {
     io->ctx = zmq_ctx_new();
     if (!io->ctx)
         return -ENOMEM;
+    /* libzmq's I/O thread wakes for every batch the kernel sends; as SCHED_BATCH it does not
+     * preempt the Python thread that is still building the batch (it runs right after, or
+     * on the other core). */
+    (void)zmq_ctx_set(io->ctx, ZMQ_THREAD_SCHED_POLICY, SCHED_BATCH);
     static const int types[JWIRE_NCHANNELS] = {ZMQ_ROUTER, ZMQ_PUB, ZMQ_ROUTER, ZMQ_ROUTER,
                                                ZMQ_ROUTER};
-    for (int c = 0; c < JWIRE_NCHANNELS; c++)
+    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
         if (!(io->sock[c] = zsock_of(io, types[c], (jwire_channel_t)c)))
             return -errno ? -errno : -EIO;
+        size_t len = sizeof io->sock_fd[c];
+        if (zmq_getsockopt(io->sock[c], ZMQ_FD, &io->sock_fd[c], &len) < 0)
+            return -errno;
+    }
     io->loop = loop_new(0);
     io->empty = json_object();
-    if (!io->loop || !io->empty)
+    io->takeover_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    io->exit_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (!io->loop || !io->empty || io->takeover_fd < 0 || io->exit_fd < 0)
         return -ENOMEM;
-    static const loop_zmq_fn fns[JWIRE_NCHANNELS] = {on_shell, NULL, on_stdin, on_control, NULL};
-    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
-        if (c == JWIRE_IOPUB || c == JWIRE_HB)
-            continue;
-        if (!(io->watch[c] = loop_zmq_add(io->loop, io->sock[c], fns[c], io)))
-            return -ENOMEM;
-    }
-    io->out_watch = loop_io_add(io->loop, kq_fd(io->sh->out_q), LOOP_READ, on_out, io);
-    if (!io->out_watch)
+    io->takeover_watch = loop_io_add(io->loop, io->takeover_fd, LOOP_READ, on_takeover, io);
+    io->exit_watch = loop_io_add(io->loop, io->exit_fd, LOOP_READ, on_exit_timer, io);
+    if (!io->takeover_watch || !io->exit_watch)
         return -errno;
-    for (int i = 0; i < 2; i++) {
-        io->pipe_watch[i] = loop_io_add(io->loop, io->sh->st.pipe_r[i], LOOP_READ, on_pipe, io);
-        if (!io->pipe_watch[i])
-            return -ENOMEM;
-    }
+    /* The I/O thread owns the sockets until Python is ready. */
+    atomic_store(&io->owner, OWNER_PY);
+    atomic_store(&io->need_io, true);
+    io_take_over(io);
     void *hb = io->sock[JWIRE_HB];
     if (pthread_create(&io->hb_thread, NULL, hb_main, hb) != 0)
         return -EAGAIN;
@@ -584,12 +852,12 @@ static void *io_main(void *arg) {
     pthread_mutex_unlock(&io->mu);
     if (r < 0)
         return NULL;
-    send_status(io, "starting", NULL);
+    IO_LOCKED(io, send_status(io, "starting", NULL));
     r = loop_run(io->loop);
     die(r < 0 ? strerror(-r) : "event loop stopped");
 }
 
-/* ---- process setup ------------------------------------------------------------------------ */
+/* ---- process setup ------------------------------------------------------------------------- */
 
 static int stdio_setup(kshared_t *sh, int pipe_r[2]) {
     int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -624,7 +892,7 @@ static int stdio_setup(kshared_t *sh, int pipe_r[2]) {
 
 int khost_kernel_run(const char *conn_file) {
     static kshared_t sh;
-    static kio_t io;
+    kio_t *io = &io_state;
     sh.start_us = now_mono_us();
     sh.main_thread = pthread_self();
     (void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -636,22 +904,23 @@ int khost_kernel_run(const char *conn_file) {
         log_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     sh.log_fd = log_fd;
 
-    int r = jwire_conn_read(conn_file, &io.conn);
+    int r = jwire_conn_read(conn_file, &io->conn);
     if (r < 0) {
         klog(LOG_LVL_ERROR, "cannot read the connection file", "{s:s}", "error", strerror(-r));
         return r;
     }
-    io.signer = jwire_signer_new(io.conn.signature_scheme, io.conn.key, strlen(io.conn.key));
-    io.replay = jwire_replay_new(KIO_REPLAY_CAP);
-    if (!io.signer || !io.replay) {
-        klog(LOG_LVL_ERROR, "bad signature scheme", "{s:s}", "scheme", io.conn.signature_scheme);
+    io->signer = jwire_signer_new(io->conn.signature_scheme, io->conn.key, strlen(io->conn.key));
+    io->replay = jwire_replay_new(KIO_REPLAY_CAP);
+    if (!io->signer || !io->replay) {
+        klog(LOG_LVL_ERROR, "bad signature scheme", "{s:s}", "scheme",
+             io->conn.signature_scheme);
         return -EINVAL;
     }
     /* The key is not needed in this form any more. */
-    explicit_bzero(io.conn.key, sizeof io.conn.key);
+    explicit_bzero(io->conn.key, sizeof io->conn.key);
 
     uuid4(sh.session);
-    snprintf(io.msgid_prefix, sizeof io.msgid_prefix, "%.8s_%d_", sh.session, (int)getpid());
+    snprintf(io->msgid_prefix, sizeof io->msgid_prefix, "%.8s_%d_", sh.session, (int)getpid());
     sh.req_q = kq_new(KQ_REQ_CAP, 0);
     sh.stdin_q = kq_new(KQ_STDIN_CAP, 0);
     sh.out_q = kq_new(KQ_OUT_CAP, KQ_OUT_BYTES);
@@ -673,22 +942,23 @@ int khost_kernel_run(const char *conn_file) {
 
     /* The I/O and heartbeat threads (and libzmq's own) take no signals: SIGINT must reach
      * the Python thread, which is this one. */
-    io.sh = &sh;
-    pthread_mutex_init(&io.mu, NULL);
-    pthread_cond_init(&io.cv, NULL);
+    io->sh = &sh;
+    pthread_mutex_init(&io->sock_mu, NULL);
+    pthread_mutex_init(&io->mu, NULL);
+    pthread_cond_init(&io->cv, NULL);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_t tid;
-    r = pthread_create(&tid, NULL, io_main, &io);
+    r = pthread_create(&tid, NULL, io_main, io);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r != 0)
         return -r;
-    pthread_mutex_lock(&io.mu);
-    while (io.start_result == 0)
-        pthread_cond_wait(&io.cv, &io.mu);
-    r = io.start_result;
-    pthread_mutex_unlock(&io.mu);
+    pthread_mutex_lock(&io->mu);
+    while (io->start_result == 0)
+        pthread_cond_wait(&io->cv, &io->mu);
+    r = io->start_result;
+    pthread_mutex_unlock(&io->mu);
     if (r < 0)
         return r;
     klog(LOG_LVL_DEBUG, "sockets bound", "{s:I}", "start_ms",

@@ -25,6 +25,7 @@
 #include "kq.h"
 #include "kstream.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -39,7 +40,8 @@ typedef enum {
 
 typedef struct {
     kreq_kind_t kind;
-    jwire_msg_t *msg; /* KREQ_MSG: owned */
+    jwire_channel_t ch; /* where it came from and its reply goes: shell (or control) */
+    jwire_msg_t *msg;   /* KREQ_MSG: owned */
     uint64_t seq;     /* arrival order of shell requests (for stop_on_error aborts) */
 } kreq_t;
 
@@ -66,6 +68,7 @@ typedef struct {
     zmsg_t *ids;          /* owned routing ids (shell, stdin), or NULL */
     json_t *content;      /* owned */
     json_t *metadata;     /* owned, or NULL for {} */
+    zmsg_t *buffers;      /* owned binary buffers (comm messages), or NULL */
 } kout_t;
 
 kout_t *kout_new(kout_kind_t kind, jwire_channel_t ch, const char *msg_type, json_t *parent,
@@ -94,6 +97,7 @@ typedef struct {
     ino_t out_ino[2];
     pthread_t main_thread;
     uint64_t start_us; /* monotonic, when the kernel process started */
+    atomic_bool forked; /* this is a child of os.fork() in user code: touch no socket */
 } kshared_t;
 
 /* With sh->st.mu held: reads what the pipes hold (at most max bytes) and queues it as
@@ -108,6 +112,26 @@ void kout_publish_ordered(kshared_t *sh, kout_t *it, size_t bytes);
 
 /* Logging of the kernel host itself: a JSON line on sh->log_fd. Never user code. */
 void klog(int level, const char *msg, const char *ctx_fmt, ...);
+
+/* The Python thread's side of socket ownership (kernel.c explains it). All are called with
+ * the GIL held and never block on the I/O thread for long. */
+/* true while the Python thread owns the sockets. */
+bool kio_py_owns(kshared_t *sh);
+/* If it owns them: handles control and stdin traffic, queues the next shell request on
+ * req_q (answering kernel_info and shutdown itself), sends what out_q and the pipes hold. */
+void kio_py_service(kshared_t *sh);
+/* stop_on_error: reads every shell request already waiting into req_q, so they get aborted. */
+void kio_py_pull_shell(kshared_t *sh);
+/* The fds to sleep on between requests (at most 8); wake on any, then kio_py_service(). */
+int kio_py_wait_fds(kshared_t *sh, struct pollfd *fds);
+/* Around each request: start arms the takeover timer; end sends what the request produced
+ * (or lets the I/O thread do it, if it took over). */
+void kio_py_request_start(kshared_t *sh);
+void kio_py_request_end(kshared_t *sh);
+/* input(): the I/O thread must own the sockets (to send input_request, read stdin). */
+void kio_py_need_io(kshared_t *sh);
+/* Shutdown after the atexit handlers: sends what is queued, closes, exits 0. */
+_Noreturn void kio_py_exit(kshared_t *sh);
 
 /* Py_GetVersion(), callable before Python is initialized. */
 const char *kpy_version(void);

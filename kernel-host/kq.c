@@ -185,3 +185,4 @@ void kq_ack(kq_t *self) {
 void kq_kick(kq_t *self) {
     signal_fd(self);
 }
+

@@ -171,7 +171,205 @@ def _make_shell():
     return ZMQInteractiveShell.instance()
 
 
+class Comm:
+    """A comm (ipykernel's API): the kernel side of a frontend object such as a widget."""
+
+    def __init__(self, target_name="comm", data=None, metadata=None, buffers=None,
+                 comm_id=None, primary=True, target_module=None, **kwargs):
+        import uuid
+
+        self.comm_id = comm_id or uuid.uuid4().hex
+        self.primary = primary
+        self.target_name = target_name
+        self.target_module = target_module
+        self.kernel = kernel
+        self._msg_callback = None
+        self._close_callback = None
+        self._closed = True
+        if primary:
+            self.open(data=data, metadata=metadata, buffers=buffers)
+        else:
+            self._closed = False
+
+    def _publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        content = dict(data={} if data is None else data, comm_id=self.comm_id, **keys)
+        _kbox.comm_publish(msg_type, content, metadata or {}, list(buffers or ()))
+
+    def open(self, data=None, metadata=None, buffers=None):
+        kernel.comm_manager.register_comm(self)
+        try:
+            self._publish_msg("comm_open", data=data, metadata=metadata, buffers=buffers,
+                              target_name=self.target_name, target_module=self.target_module)
+            self._closed = False
+        except Exception:
+            kernel.comm_manager.unregister_comm(self)
+            raise
+
+    def close(self, data=None, metadata=None, buffers=None, deleting=False):
+        if self._closed:
+            return
+        self._closed = True
+        self._publish_msg("comm_close", data=data, metadata=metadata, buffers=buffers)
+        if not deleting:
+            kernel.comm_manager.unregister_comm(self)
+
+    def send(self, data=None, metadata=None, buffers=None):
+        self._publish_msg("comm_msg", data=data, metadata=metadata, buffers=buffers)
+
+    def on_close(self, callback):
+        self._close_callback = callback
+
+    def on_msg(self, callback):
+        self._msg_callback = callback
+
+    def handle_close(self, msg):
+        if self._close_callback:
+            self._close_callback(msg)
+
+    def handle_msg(self, msg):
+        if self._msg_callback:
+            shell.events.trigger("pre_execute")
+            self._msg_callback(msg)
+            shell.events.trigger("post_execute")
+
+    def __del__(self):
+        try:
+            self.close(deleting=True)
+        except Exception:
+            pass
+
+
+class CommManager:
+    """Comm targets and open comms (ipykernel's API); handles comm_open/msg/close."""
+
+    def __init__(self):
+        self.comms = {}
+        self.targets = {}
+
+    def register_target(self, target_name, f):
+        if isinstance(f, str):
+            from traitlets.utils.importstring import import_item
+
+            f = import_item(f)
+        self.targets[target_name] = f
+
+    def unregister_target(self, target_name, f=None):
+        return self.targets.pop(target_name)
+
+    def register_comm(self, comm):
+        self.comms[comm.comm_id] = comm
+        return comm.comm_id
+
+    def unregister_comm(self, comm):
+        self.comms.pop(comm.comm_id, None)
+
+    def get_comm(self, comm_id):
+        return self.comms.get(comm_id)
+
+    def comm_open(self, msg):
+        content = msg["content"]
+        comm = Comm(comm_id=content["comm_id"], primary=False, target_name=content["target_name"])
+        self.register_comm(comm)
+        f = self.targets.get(content["target_name"])
+        if f is not None:
+            try:
+                f(comm, msg)
+                return
+            except Exception:
+                shell.showtraceback()
+        comm.close()
+
+    def comm_msg(self, msg):
+        comm = self.get_comm(msg["content"]["comm_id"])
+        if comm is not None:
+            try:
+                comm.handle_msg(msg)
+            except Exception:
+                shell.showtraceback()
+
+    def comm_close(self, msg):
+        comm = self.comms.pop(msg["content"]["comm_id"], None)
+        if comm is not None:
+            comm._closed = True
+            try:
+                comm.handle_close(msg)
+            except Exception:
+                shell.showtraceback()
+
+    def comm_info(self, target_name=None):
+        return {"status": "ok", "comms": {
+            k: {"target_name": c.target_name} for k, c in self.comms.items()
+            if target_name is None or c.target_name == target_name}}
+
+
+class Kernel:
+    """What code reaching for get_ipython().kernel finds (ipykernel's Kernel, in part)."""
+
+    implementation = "kbox"
+
+    def __init__(self):
+        self.comm_manager = CommManager()
+        self.shell = None
+
+
+kernel = Kernel()
 shell = None
+
+
+def comm(msg_type, msg):
+    """comm_open / comm_msg / comm_close from the frontend."""
+    getattr(kernel.comm_manager, msg_type)(msg)
+
+
+def comm_info(target_name=None):
+    return kernel.comm_manager.comm_info(target_name)
+
+
+def _install_fast_paths(shell):
+    """Two shortcuts in IPython's per-cell work whose results equal IPython's own for the
+    cells they accept; any other cell takes IPython's path.
+
+    - Static input transformation: IPython tokenizes every cell looking for its syntax
+      (%magics, !shell, ?help, `,;/` autocall escapes, pasted `>>>`/`In [n]:` prompts,
+      leading indentation, %%cell magics). A cell with none of those characters or
+      prefixes is returned unchanged by every default transform, plus a final newline.
+      Cells with any of them, or a manager whose transform lists were changed (by user
+      code or an extension), go through IPython's TransformerManager.
+    - should_run_async: true only if compiling with top-level await gives a coroutine,
+      which needs an `await` or `async` token; without either substring it is False.
+
+    About a quarter of run_cell for a plain cell; see docs/BENCHMARKS.md.
+    """
+    tm = shell.input_transformer_manager
+    slow_transform = tm.transform_cell
+    defaults = (list(tm.cleanup_transforms), list(tm.line_transforms),
+                list(tm.token_transformers))
+
+    def transform_cell(cell):
+        if ("%" in cell or "!" in cell or "?" in cell or ">>>" in cell or "..." in cell
+                or "In [" in cell
+                or (tm.cleanup_transforms, tm.line_transforms, tm.token_transformers)
+                != defaults):
+            return slow_transform(cell)
+        lines = cell.splitlines()
+        if not lines or not lines[0] or lines[0].isspace() or lines[0][0] in " \t":
+            return slow_transform(cell)
+        for line in lines:
+            if line.lstrip()[:1] in (",", ";", "/"):
+                return slow_transform(cell)
+        return cell if cell.endswith("\n") else cell + "\n"
+
+    tm.transform_cell = transform_cell
+    slow_async = shell.should_run_async
+
+    def should_run_async(raw_cell, *, transformed_cell=None, preprocessing_exc_tuple=None):
+        if (transformed_cell is not None and "await" not in transformed_cell
+                and "async" not in transformed_cell):
+            return False
+        return slow_async(raw_cell, transformed_cell=transformed_cell,
+                          preprocessing_exc_tuple=preprocessing_exc_tuple)
+
+    shell.should_run_async = should_run_async
 
 
 def init():
@@ -187,6 +385,9 @@ def init():
             pass
     _lazy_ipython_package()
     shell = _make_shell()
+    shell.kernel = kernel
+    kernel.shell = shell
+    _install_fast_paths(shell)
     if "" not in sys.path:
         sys.path.insert(0, "")  # import from the working directory, as ipykernel does
     builtins.input = _kbox.input

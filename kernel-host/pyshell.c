@@ -26,6 +26,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <sodium.h>
@@ -38,7 +39,7 @@ static kshared_t *S;
 static volatile bool forked; /* set in a child of os.fork(): never touch the queues there */
 
 static PyObject *glue, *g_shell, *g_run, *g_user_expressions, *g_complete, *g_inspect,
-    *g_is_complete, *g_history, *g_at_exit;
+    *g_is_complete, *g_history, *g_at_exit, *g_comm, *g_comm_info;
 static PyObject *s_execution_count, *s_flush;
 static PyObject *StdinNotImplementedError;
 
@@ -46,6 +47,7 @@ static PyObject *StdinNotImplementedError;
  * Python side publishes, including output from threads after the request ended. */
 static struct {
     jwire_msg_t *msg;
+    jwire_channel_t ch;
     bool allow_stdin;
 } cur;
 
@@ -57,6 +59,7 @@ const char *kpy_version(void) {
 
 static void atfork_child(void) {
     forked = true;
+    atomic_store(&S->forked, true);
 }
 
 /* ---- Python -> JSON ----------------------------------------------------------------------- */
@@ -341,7 +344,7 @@ static void publish(const char *msg_type, json_t *content, unsigned flags, size_
 static void reply(const char *msg_type, json_t *content, json_t *metadata) {
     if (!cur.msg)
         return;
-    out_push(kout_new(KOUT_MSG, JWIRE_SHELL, msg_type, cur.msg->header, cur.msg->ids, content,
+    out_push(kout_new(KOUT_MSG, cur.ch, msg_type, cur.msg->header, cur.msg->ids, content,
                       metadata, 0),
              512);
 }
@@ -402,6 +405,56 @@ static PyObject *kb_error(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A comm message to the frontend, with binary buffers (any contiguous buffer object). */
+static PyObject *kb_comm_publish(PyObject *self, PyObject *args) {
+    const char *type;
+    PyObject *content, *md, *bufs;
+    if (!PyArg_ParseTuple(args, "sOOO", &type, &content, &md, &bufs))
+        return NULL;
+    static const char *const types[] = {"comm_open", "comm_msg", "comm_close"};
+    const char *msg_type = NULL;
+    for (size_t i = 0; i < 3; i++)
+        if (streq(type, types[i]))
+            msg_type = types[i];
+    if (!msg_type)
+        return PyErr_Format(PyExc_ValueError, "not a comm message type: %s", type);
+    if (forked)
+        Py_RETURN_NONE;
+    PyObject *fast = PySequence_Fast(bufs, "buffers must be a sequence");
+    if (!fast)
+        return NULL;
+    zmsg_t *z = zmsg_new();
+    size_t bytes = 0;
+    for (Py_ssize_t i = 0; z && i < PySequence_Fast_GET_SIZE(fast); i++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, i), &view, PyBUF_CONTIG_RO) < 0) {
+            zmsg_destroy(&z);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        zmsg_addmem(z, view.buf, (size_t)view.len);
+        bytes += (size_t)view.len;
+        PyBuffer_Release(&view);
+    }
+    Py_DECREF(fast);
+    flush_std();
+    kout_t *it = kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL,
+                          py2json(content, &bytes), py2json(md, &bytes), 0);
+    if (!it) {
+        zmsg_destroy(&z);
+        return PyErr_NoMemory();
+    }
+    it->buffers = z;
+    bytes += 256;
+    if (kq_full(S->out_q, bytes)) {
+        Py_BEGIN_ALLOW_THREADS
+        kq_wait_room(S->out_q, bytes);
+        Py_END_ALLOW_THREADS
+    }
+    kout_publish_ordered(S, it, bytes);
+    Py_RETURN_NONE;
+}
+
 /* input() / getpass(): input_request on stdin, then wait for the input_reply with the GIL
  * released; SIGINT ends the wait with KeyboardInterrupt. */
 static PyObject *request_input(PyObject *prompt, bool password) {
@@ -424,6 +477,7 @@ static PyObject *request_input(PyObject *prompt, bool password) {
     out_push(kout_new(KOUT_MSG, JWIRE_STDIN, "input_request", cur.msg->header, cur.msg->ids,
                       json_pack("{s:o, s:b}", "prompt", jp, "password", password), NULL, 0),
              512);
+    kio_py_need_io(S);
     for (;;) {
         kq_ack(S->stdin_q);
         jwire_msg_t *m = kq_pop(S->stdin_q);
@@ -487,6 +541,8 @@ static PyMethodDef kb_methods[] = {
      "display_data(data, metadata, transient, update=False)"},
     {"clear_output", kb_clear_output, METH_VARARGS, "clear_output(wait=False)"},
     {"error", kb_error, METH_VARARGS, "error(ename, evalue, traceback)"},
+    {"comm_publish", kb_comm_publish, METH_VARARGS,
+     "comm_publish(msg_type, content, metadata, buffers)"},
     {"input", kb_input, METH_VARARGS,
      "input(prompt='')\n\nRead a line from the frontend (an input_request on stdin)."},
     {"getpass", (PyCFunction)(void (*)(void))kb_getpass, METH_VARARGS | METH_KEYWORDS,
@@ -507,6 +563,7 @@ static PyObject *kb_init(void) {
 }
 
 /* ---- requests ----------------------------------------------------------------------------- */
+
 
 /* SIGINT between requests (or after a cell ended) must not become the next cell's
  * KeyboardInterrupt. */
@@ -622,8 +679,10 @@ static void do_execute(const kreq_t *r) {
     flush_std();
     reply("execute_reply", content,
           kmsg_execute_metadata(started, S->session, status ? status : "error"));
-    if (failed && !e.silent && e.stop_on_error)
+    if (failed && !e.silent && e.stop_on_error) {
+        kio_py_pull_shell(S); /* what is already waiting gets aborted, as ipykernel does */
         abort_until_seq = atomic_load(&S->last_seq);
+    }
 }
 
 /* complete / inspect / is_complete / history: a glue function returning the reply content. */
@@ -640,6 +699,32 @@ static void do_glue_call(PyObject *fn, PyObject *args, PyObject *kwargs, const c
     }
     Py_XDECREF(res);
     reply(reply_type, content, NULL);
+}
+
+/* comm_open / comm_msg / comm_close: the message as ipykernel hands it to comm code. */
+static void do_comm(const char *type) {
+    jwire_msg_t *m = cur.msg;
+    PyObject *bufs = PyList_New(0);
+    for (zframe_t *f = m->buffers ? zmsg_first(m->buffers) : NULL; bufs && f;
+         f = zmsg_next(m->buffers)) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)zframe_data(f),
+                                                (Py_ssize_t)zframe_size(f));
+        if (!b || PyList_Append(bufs, b) < 0)
+            Py_CLEAR(bufs);
+        Py_XDECREF(b);
+    }
+    PyObject *msg = bufs ? Py_BuildValue("{s:N, s:N, s:N, s:N, s:N, s:s, s:s}", "header",
+                                         json2py(m->header), "parent_header",
+                                         json2py(m->parent_header), "metadata",
+                                         json2py(m->metadata), "content", json2py(m->content),
+                                         "buffers", bufs, "msg_id", jwire_msg_id(m), "msg_type",
+                                         type)
+                         : NULL;
+    PyObject *res = msg ? PyObject_CallFunction(g_comm, "sO", type, msg) : NULL;
+    if (!res) /* a malformed message (handler errors are shown to the user by the glue) */
+        PyErr_Clear();
+    Py_XDECREF(res);
+    Py_XDECREF(msg);
 }
 
 static PyObject *arg_str(const json_t *content, const char *key) {
@@ -689,7 +774,13 @@ static void handle_msg(const kreq_t *r) {
     } else if (streq(type, "kernel_info_request")) {
         reply("kernel_info_reply", json_incref(S->kernel_info), NULL);
     } else if (streq(type, "comm_info_request")) {
-        reply("comm_info_reply", kmsg_comm_info(), NULL);
+        const json_t *tn = json_object_get(content, "target_name");
+        PyObject *args = Py_BuildValue("(N)", json_is_string(tn) ? json2py(tn) : Py_NewRef(Py_None));
+        do_glue_call(g_comm_info, args, NULL, "comm_info_reply");
+        Py_XDECREF(args);
+    } else if (streq(type, "comm_open") || streq(type, "comm_msg") ||
+               streq(type, "comm_close")) {
+        do_comm(type);
     } else {
         klog(LOG_LVL_DEBUG, "unhandled shell message", "{s:s}", "msg_type", type);
     }
@@ -703,27 +794,34 @@ static void serve(const kreq_t *r) {
         Py_XDECREF(res);
         PyErr_Clear();
         flush_std();
-        out_push(kout_new(KOUT_PY_EXITED, JWIRE_SHELL, NULL, NULL, NULL, NULL, NULL, 0), 0);
-        /* The I/O thread exits the process; keep the GIL away from everyone meanwhile. */
-        for (;;)
-            pause();
+        kio_py_exit(S);
     }
+    kio_py_request_start(S);
     publish("status", kmsg_status("busy"), KOUT_F_STREAM_PARENT, 0);
     handle_msg(r);
     flush_std();
+    if (forked)
+        _exit(0); /* a child of os.fork() that left its cell: it has no kernel to serve */
     publish("status", kmsg_status("idle"), KOUT_F_REQUEST_DONE, 0);
+    kio_py_request_end(S);
 }
 
+/* The next request; between requests the Python thread serves the sockets itself (when it
+ * owns them) and sleeps in poll() with the GIL released. */
 static kreq_t *next_request(void) {
     for (;;) {
         kq_ack(S->req_q);
         kreq_t *r = kq_pop(S->req_q);
         if (r)
             return r;
+        kio_py_service(S);
+        if ((r = kq_pop(S->req_q)))
+            return r;
+        struct pollfd fds[8];
+        int nfds = kio_py_wait_fds(S, fds);
         int n;
         Py_BEGIN_ALLOW_THREADS
-        struct pollfd p = {.fd = kq_fd(S->req_q), .events = POLLIN};
-        n = poll(&p, 1, -1);
+        n = poll(fds, (nfds_t)nfds, -1);
         Py_END_ALLOW_THREADS
         if (n < 0)
             discard_signals();
@@ -777,6 +875,12 @@ int kpy_run(kshared_t *sh) {
     pthread_atfork(NULL, NULL, atfork_child);
     if (PyImport_AppendInittab("_kbox", kb_init) < 0)
         return -ENOMEM;
+    /* An interrupt while IPython is still being imported (a client may already have queued a
+     * cell and sent one) must not kill the start: SIGINT waits, and is discarded below. */
+    sigset_t sigint, oldmask;
+    sigemptyset(&sigint);
+    sigaddset(&sigint, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigint, &oldmask);
     int r = python_start();
     if (r < 0)
         return r;
@@ -808,9 +912,16 @@ int kpy_run(kshared_t *sh) {
     if (!(g_run = glue_fn("run")) || !(g_user_expressions = glue_fn("user_expressions")) ||
         !(g_complete = glue_fn("complete")) || !(g_inspect = glue_fn("inspect")) ||
         !(g_is_complete = glue_fn("is_complete")) || !(g_history = glue_fn("history")) ||
-        !(g_at_exit = glue_fn("at_exit")))
+        !(g_at_exit = glue_fn("at_exit")) || !(g_comm = glue_fn("comm")) ||
+        !(g_comm_info = glue_fn("comm_info")))
         return -EIO;
     flush_std();
+    /* Start-up garbage (import machinery, IPython's configuration) goes back to the OS: an
+     * idle kernel's RSS is what a host full of sessions pays for. */
+    PyGC_Collect();
+    malloc_trim(0);
+    pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
+    discard_signals();
     out_push(kout_new(KOUT_PY_READY, JWIRE_SHELL, NULL, NULL, NULL, NULL, NULL, 0), 0);
 
     for (;;) {
@@ -822,6 +933,7 @@ int kpy_run(kshared_t *sh) {
             /* The previous request stays the parent of late output until now. */
             jwire_msg_t *old = cur.msg;
             cur.msg = TAKE_PTR(req->msg);
+            cur.ch = req->ch;
             jwire_msg_destroy(&old);
         }
         serve(req);

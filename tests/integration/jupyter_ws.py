@@ -126,8 +126,10 @@ class KernelWS:
             url += "?" + "&".join(query)
         headers = [f"Authorization: token {token}"] if token and header_token else []
         self.session = session_id or uuid.uuid4().hex
+        # websocket-client's UTF-8 check is pure Python (a few MB/s): skip it, json.loads
+        # below rejects bad text anyway.
         self.ws = websocket.create_connection(url, header=headers, subprotocols=subprotocols,
-                                              timeout=timeout)
+                                              timeout=timeout, skip_utf8_validation=True)
         self.proto = self.ws.getsubprotocol() or ""
         self.seen = []  # every message received, in order
         self.close_code = None
@@ -147,8 +149,12 @@ class KernelWS:
     # ---- receiving ------------------------------------------------------------------------
     def recv(self, timeout):
         """One message, or None on timeout. Raises ConnectionClosed when the server closed."""
-        self.ws.settimeout(max(timeout, 0.01))
+        deadline = time.time() + timeout
         while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return None
+            self.ws.settimeout(max(left, 0.01))
             try:
                 opcode, data = self.ws.recv_data(control_frame=True)
             except websocket.WebSocketTimeoutException:

@@ -4,8 +4,8 @@
 // seeing the first one's iopub, interrupt, restart, shutdown.
 //
 // The gateway: KBOX_GATEWAY_URL + KBOX_GATEWAY_TOKEN for one already running, or
-// KBOX_GATEWAY_BIN to start one here with the (unsandboxed, development) process launcher
-// unless KBOX_TEST_LAUNCHER says otherwise. Run: `npm ci && npm test` in this folder.
+// KBOX_GATEWAY_BIN to start one here (launcher from KBOX_TEST_LAUNCHER, default runc, as in
+// tests/integration). Run: `./run.sh` (npm ci into a scratch copy, then the test).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -51,9 +51,11 @@ async function startGateway() {
   assert.ok(bin, 'set KBOX_GATEWAY_BIN (or KBOX_GATEWAY_URL and KBOX_GATEWAY_TOKEN)');
   const stateDir = mkdtempSync(join(tmpdir(), 'kbox-jlab-'));
   token = 'jlab-' + Math.random().toString(16).slice(2) + Math.random().toString(16).slice(2);
-  const args = ['--port', '0', '--state-dir', stateDir, '--launcher',
-    process.env.KBOX_TEST_LAUNCHER || 'process', '--min-idle-workers', '1',
-    '--max-total-workers', '8'];
+  // Same defaults as tests/integration/conftest.py: the product's runc launcher unless told.
+  const args = ['--port', '0', '--state-dir', stateDir,
+    '--launcher', process.env.KBOX_TEST_LAUNCHER || 'runc',
+    '--kernel', process.env.KBOX_TEST_KERNEL || 'ipykernel',
+    '--min-idle-workers', '1', '--max-total-workers', '8'];
   const proc = spawn(bin, args, {
     env: { ...process.env, AUTH_TOKEN: token },
     stdio: ['ignore', 'ignore', 'pipe']

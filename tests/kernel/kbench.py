@@ -24,6 +24,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.session import Session
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TCP = False
 DEFAULT_BIN = os.path.join(HERE, "..", "..", "build", "kernel-host", "kbox-kernel-host")
 
 
@@ -36,6 +37,24 @@ def cpu_ns(pid):
         except OSError:
             pass
     return total
+
+
+def cpu_by_thread(pid):
+    out = {}
+    for d in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            with open(d + "/comm") as f:
+                name = f.read().strip() + "/" + os.path.basename(d)
+            with open(d + "/schedstat") as f:
+                out[name] = int(f.read().split()[0])
+            with open(d + "/status") as f:
+                for line in f:
+                    if "ctxt_switches" in line:
+                        k, v = line.split(":")
+                        out[name + " " + k] = int(v)
+        except OSError:
+            pass
+    return out
 
 
 def rss_kb(pid):
@@ -52,7 +71,13 @@ class Client:
     def __init__(self, info):
         self.session = Session(key=info["key"].encode(), signature_scheme="hmac-sha256")
         self.ctx = zmq.Context()
-        url = lambda port: f"tcp://127.0.0.1:{port}"
+        if info.get("transport") == "ipc":
+            url = lambda port: f"ipc://{info['ip']}-{port}"
+        else:
+            url = lambda port: f"tcp://{info['ip']}:{port}"
+        # Retry connecting every 5 ms: the kernel binds after we connect, and libzmq's default
+        # 100 ms would be measured as the kernel's start time.
+        self.ctx.setsockopt(zmq.RECONNECT_IVL, 5)
         self.shell = self.ctx.socket(zmq.DEALER)
         self.shell.connect(url(info["shell_port"]))
         self.iopub = self.ctx.socket(zmq.SUB)
@@ -90,8 +115,12 @@ class Client:
 
 
 def run_kernel(name, argv_for, n, workdir):
-    cf, info = write_connection_file(fname=os.path.join(workdir, f"{name}.json"), ip="127.0.0.1",
-                                     key=os.urandom(32).hex().encode())
+    # ipc, as the gateway connects to its kernels (--tcp for loopback TCP).
+    ipc = not TCP
+    cf, info = write_connection_file(
+        fname=os.path.join(workdir, f"{name}.json"), transport="ipc" if ipc else "tcp",
+        ip=os.path.join(workdir, name + "-ipc") if ipc else "127.0.0.1",
+        key=os.urandom(32).hex().encode())
     t0 = time.time()
     proc = subprocess.Popen(argv_for(cf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=workdir)
@@ -112,16 +141,36 @@ def run_kernel(name, argv_for, n, workdir):
         c.request("execute_request", {"code": code, "silent": False})
     time.sleep(0.5)
     perf = None
-    if os.environ.get("KBENCH_PERF"):  # a profile of the measured loop: KBENCH_PERF=out.data
+    if os.environ.get("KBENCH_PERFSTAT"):  # counters of the measured loop
+        perf = subprocess.Popen(["perf", "stat", "-e",
+                                 "task-clock,context-switches,instructions,cycles", "-o",
+                                 os.environ["KBENCH_PERFSTAT"] + "." + name, "-p", str(proc.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    elif os.environ.get("KBENCH_STRACE"):  # syscall counts of the measured loop
+        perf = subprocess.Popen(["strace", "-c", "-f", "-o",
+                                 os.environ["KBENCH_STRACE"] + "." + name, "-p", str(proc.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    elif os.environ.get("KBENCH_PERF"):  # a profile of the measured loop: KBENCH_PERF=out.data
         perf = subprocess.Popen(["perf", "record", "-F", "4000", "-g", "-o",
                                  os.environ["KBENCH_PERF"] + "." + name, "-p", str(proc.pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
+    threads0 = cpu_by_thread(proc.pid)
     cpu0, w0 = cpu_ns(proc.pid), time.time()
     for i in range(n):
         reply, out = c.request("execute_request", {"code": code, "silent": False})
     wall = time.time() - w0
     cpu = cpu_ns(proc.pid) - cpu0
+    threads1 = cpu_by_thread(proc.pid)
+    if os.environ.get("KBENCH_THREADS"):
+        for k, v in sorted(threads1.items()):
+            d = (v - threads0.get(k, 0)) / n
+            if "ctxt" in k:
+                print("   %-48s %.2f /execute" % (k, d), file=sys.stderr)
+            else:
+                print("   %-48s %.4f ms/execute" % (k, d / 1e6), file=sys.stderr)
     if perf:
         perf.send_signal(2)
         perf.wait()
@@ -144,7 +193,10 @@ def main():
     ap.add_argument("--bin", default=DEFAULT_BIN)
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--only", choices=["native", "ipykernel"])
+    ap.add_argument("--tcp", action="store_true", help="loopback TCP instead of ipc")
     args = ap.parse_args()
+    global TCP
+    TCP = args.tcp
     kernels = {
         "native": lambda cf: [os.path.abspath(args.bin), "--kernel", "native", "--no-init", "-f", cf],
         "ipykernel": lambda cf: ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", cf],

@@ -109,10 +109,12 @@ static void test_clear_and_update(void **state) {
     exec_out_t *o = exec_out_new(1 << 20);
     feed(o, "stream", "{\"name\":\"stdout\",\"text\":\"old\\n\"}");
     feed(o, "clear_output", "{\"wait\":false}");
-    feed(o, "display_data", "{\"data\":{\"text/plain\":\"v1\"},\"metadata\":{},"
-                            "\"transient\":{\"display_id\":\"d1\"}}");
-    feed(o, "update_display_data", "{\"data\":{\"text/plain\":\"v2\"},\"metadata\":{},"
-                                   "\"transient\":{\"display_id\":\"d1\"}}");
+    feed(o, "display_data",
+         "{\"data\":{\"text/plain\":\"v1\"},\"metadata\":{},"
+         "\"transient\":{\"display_id\":\"d1\"}}");
+    feed(o, "update_display_data",
+         "{\"data\":{\"text/plain\":\"v2\"},\"metadata\":{},"
+         "\"transient\":{\"display_id\":\"d1\"}}");
     json_t *s = exec_out_summary(o, true);
     assert_string_equal(json_string_value(json_object_get(s, "result_text")), "v2\n");
     assert_int_equal(json_array_size(json_object_get(s, "outputs")), 1);
@@ -135,8 +137,8 @@ static void test_ignores_garbage(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_order_and_views), cmocka_unit_test(test_error_strips_ansi),
-        cmocka_unit_test(test_text_cap),        cmocka_unit_test(test_image_dropped_whole),
+        cmocka_unit_test(test_order_and_views),  cmocka_unit_test(test_error_strips_ansi),
+        cmocka_unit_test(test_text_cap),         cmocka_unit_test(test_image_dropped_whole),
         cmocka_unit_test(test_clear_and_update), cmocka_unit_test(test_ignores_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

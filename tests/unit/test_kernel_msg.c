@@ -73,9 +73,8 @@ static void test_kernel_info(void **state) {
     assert_string_equal(json_string_value(json_object_get(li, "name")), "python");
     assert_string_equal(json_string_value(json_object_get(li, "version")), "3.11.2");
     assert_string_equal(json_string_value(json_object_get(li, "file_extension")), ".py");
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(li, "codemirror_mode"),
-                                                        "version")),
-                     3);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(li, "codemirror_mode"), "version")), 3);
     const char *banner = json_string_value(json_object_get(k, "banner"));
     assert_non_null(strstr(banner, "Python 3.11.2 (main"));
     json_t *links = json_object_get(k, "help_links");

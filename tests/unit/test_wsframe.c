@@ -12,8 +12,8 @@
 #include <endian.h>
 
 static jwire_msg_t *sample(int nbufs) {
-    jwire_msg_t *m = jwire_msg_new("execute_request", "sess", "user", NULL,
-                                   json_pack("{s:s}", "code", "1+1"));
+    jwire_msg_t *m =
+        jwire_msg_new("execute_request", "sess", "user", NULL, json_pack("{s:s}", "code", "1+1"));
     assert_non_null(m);
     for (int i = 0; i < nbufs; i++) {
         char b[8];

@@ -1,0 +1,72 @@
+"""The glue's shortcut through IPython's static input transformation must give exactly what
+IPython's TransformerManager gives for every cell it accepts (kernel-host/pyglue.py,
+_install_fast_paths). Checked on hand-picked cells and on random ones built from the
+characters that matter. Runs the glue in this process with a stand-in for the C module."""
+import os
+import random
+import sys
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "kernel-host"))
+
+
+def glue():
+    fake = types.ModuleType("_kbox")
+    for n in ("execute_result", "display_data", "clear_output", "error", "comm_publish"):
+        setattr(fake, n, lambda *a: None)
+    fake.input = input
+    fake.getpass = lambda *a, **k: ""
+    sys.modules["_kbox"] = fake
+    import pyglue
+    if pyglue.shell is None:
+        pyglue.init()
+    return pyglue
+
+
+CELLS = ["x += 1; print(x)", "x = 1\ny = 2", "  indented\n  more", "\n\nx=1",
+         "def f():\n    return 1\n", "a = %time 1", "!ls", "x?", ">>> 1\n... 2", "In [1]: x",
+         "f(a\n  , b)", "  ...: x", "/f 1", ";f a", ",f a b", "x = 'a%b'", "s = '...'", "\tx",
+         "x\r\ny", "x\x0cy", "", "\n", " ", "print('hi')\n", "x = [1,\n2]\n\n\n", "%%time\nx=1",
+         "a = !ls", "b = %who_ls", "exit", "ls", "[nav] In [2]: x", "\n  x = 1"]
+
+
+def test_transform_matches_ipython():
+    pyglue = glue()
+    from IPython.core.inputtransformer2 import TransformerManager
+    fast = pyglue.shell.input_transformer_manager.transform_cell
+    ref = TransformerManager().transform_cell
+    alphabet = list("ab =+1\n\t ;,/()%!?.'\">[]In:#\r\\")
+    rnd = random.Random(7)
+    cells = CELLS + ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 16)))
+                     for _ in range(20000)]
+    for c in cells:
+        try:
+            want = ref(c)
+        except Exception as e:
+            want = type(e)
+        try:
+            got = fast(c)
+        except Exception as e:
+            got = type(e)
+        assert got == want, repr(c)
+
+
+def test_custom_transformers_disable_the_shortcut():
+    pyglue = glue()
+    shell = pyglue.shell
+    shell.input_transformers_cleanup.append(lambda lines: [l.replace("XX", "1") for l in lines])
+    try:
+        assert shell.input_transformer_manager.transform_cell("a = XX") == "a = 1\n"
+    finally:
+        shell.input_transformers_cleanup.pop()
+    assert shell.input_transformer_manager.transform_cell("a = XX") == "a = XX\n"
+
+
+def test_should_run_async():
+    pyglue = glue()
+    shell = pyglue.shell
+    assert shell.should_run_async("x = 1", transformed_cell="x = 1\n") is False
+    assert shell.should_run_async("await f()", transformed_cell="await f()\n") is True
+    assert shell.should_run_async("async def f(): pass",
+                                  transformed_cell="async def f(): pass\n") is False

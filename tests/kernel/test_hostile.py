@@ -1,0 +1,187 @@
+"""Hostile code against the native kernel: it keeps serving, or it dies in a way its
+client (the gateway: the init's pidfd; Jupyter: the process) sees at once, never hangs.
+
+Each test that kills the kernel gets a kernel of its own."""
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Kernel, of_type, stream_text  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def k():
+    kern = Kernel()
+    yield kern
+    kern.close()
+
+
+@pytest.fixture
+def fresh():
+    kern = Kernel()
+    yield kern
+    kern.close()
+
+
+def alive(k):
+    reply, out = k.execute("1 + 1", timeout=10)
+    return reply["status"] == "ok" and of_type(out, "execute_result")[0]["content"]["data"][
+        "text/plain"] == "2"
+
+
+def test_close_stdout_and_stderr(k):
+    reply, _ = k.execute("import os; os.close(1); os.close(2)")
+    assert reply["status"] == "ok"
+    # The pipes are put back before the next cell: output works again, at the fd level too.
+    reply, out = k.execute("import os, sys; print('back'); os.write(2, b'raw err\\n')")
+    assert reply["status"] == "ok"
+    assert "back" in stream_text(out)
+    assert "raw err" in stream_text(out, "stderr")
+    assert alive(k)
+
+
+def test_replace_sys_stdout(k):
+    reply, out = k.execute("import io, sys; sys.stdout = io.StringIO(); print('hidden')")
+    assert reply["status"] == "ok" and "hidden" not in stream_text(out)
+    assert alive(k)
+    reply, out = k.execute("sys.stdout = None; print('nowhere'); 3")
+    assert reply["status"] == "ok"
+    reply, out = k.execute("sys.stdout = sys.__stdout__; print('restored')")
+    assert "restored" in stream_text(out)
+
+
+def test_fork(k):
+    code = ("import os\npid = os.fork()\nif pid == 0:\n    print('in child', flush=True)\n"
+            "else:\n    os.waitpid(pid, 0)\n    print('in parent')\npid")
+    reply, out = k.execute(code)
+    assert reply["status"] == "ok"
+    text = stream_text(out)
+    assert "in child" in text and "in parent" in text
+    # Only the parent publishes (the child's display hook has no kernel behind it).
+    assert len(of_type(out, "execute_result")) == 1
+    # The child left the cell and exited: no process of ours but the kernel is left.
+    time.sleep(0.5)
+    reply, out = k.execute("import os; print(sorted(os.listdir('/proc/self/task')) != [] , "
+                           "os.waitpid(-1, os.WNOHANG) if False else 'ok')")
+    assert alive(k)
+
+
+def test_fork_child_that_keeps_running(k):
+    code = ("import os, time\nif os.fork() == 0:\n    time.sleep(0.3)\n    print('late child')\n"
+            "    os._exit(0)\n'parent done'")
+    reply, out = k.execute(code)
+    assert reply["status"] == "ok"
+    # The child's output arrives after idle, under the same parent.
+    m = k.iopub_until(lambda m: m["msg_type"] == "stream" and "late child" in m["content"]["text"])
+    assert m is not None
+    assert alive(k)
+
+
+def test_recursion_bomb(k):
+    reply, out = k.execute("def f(): return f()\nf()")
+    assert reply["status"] == "error" and reply["ename"] == "RecursionError"
+    assert alive(k)
+
+
+def test_deep_c_recursion_dies_visibly(fresh):
+    # Past the interpreter's guard the C stack overflows (repr of a deeply nested list
+    # recurses in C): the kernel dies, and says so.
+    code = ("import sys\nsys.setrecursionlimit(10**8)\nl = []\nfor i in range(10**7):\n"
+            "    l = [l]\nrepr(l)")
+    fresh.kc.execute(code)
+    rc = fresh.wait_dead(60)
+    assert rc is not None, "kernel neither survived nor died"
+    assert rc == 128 + signal.SIGSEGV
+
+
+def test_os_exit(fresh):
+    fresh.kc.execute("import os; os._exit(3)")
+    assert fresh.wait_dead(10) == 3
+
+
+def test_segfault(fresh):
+    fresh.kc.execute("import ctypes; ctypes.string_at(0)")
+    assert fresh.wait_dead(10) == 128 + signal.SIGSEGV
+
+
+def test_sys_exit_is_caught(k):
+    reply, out = k.execute("import sys; sys.exit(4)")
+    assert reply["status"] == "error" and reply["ename"] == "SystemExit"
+    assert alive(k)
+
+
+def test_endless_loop_that_eats_interrupts(fresh):
+    code = ("import time\nwhile True:\n    try:\n        time.sleep(0.01)\n"
+            "    except KeyboardInterrupt:\n        pass")
+    msg_id = fresh.kc.execute(code)
+    time.sleep(0.5)
+    fresh.km.interrupt_kernel()
+    time.sleep(0.5)
+    # Still busy, but heartbeat and control are served (neither needs the GIL).
+    assert fresh.kc.hb_channel.is_beating()
+    m = fresh.control("kernel_info_request")
+    assert m is not None and m["content"]["status"] == "ok"
+    m = fresh.control("interrupt_request")
+    assert m is not None and m["msg_type"] == "interrupt_reply"
+    # A shutdown request ends it within the grace period, without a kill.
+    t = time.time()
+    m = fresh.control("shutdown_request", {"restart": False})
+    assert m is not None and m["msg_type"] == "shutdown_reply"
+    assert fresh.wait_dead(10) == 0
+    assert time.time() - t < 5
+
+
+def test_output_flood_is_bounded(k):
+    pid = k.process.pid
+    reply, out = k.execute("for i in range(200000):\n    print('x' * 99)", timeout=120)
+    assert reply["status"] == "ok"
+    got = len(stream_text(out))
+    assert got == 200000 * 100
+    assert alive(k)
+
+
+def test_signal_ignored_sigint_then_control_shutdown(fresh):
+    fresh.execute("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)")
+    fresh.kc.execute("import time; time.sleep(60)")
+    time.sleep(0.3)
+    fresh.km.interrupt_kernel()
+    assert fresh.kc.hb_channel.is_beating()
+    m = fresh.control("shutdown_request", {"restart": False})
+    assert m is not None
+    assert fresh.wait_dead(10) == 0
+
+
+def test_many_threads_printing_after_idle(k):
+    code = ("import threading, time\n"
+            "def w(i):\n    time.sleep(0.2)\n    print('thread', i)\n"
+            "for i in range(8):\n    threading.Thread(target=w, args=(i,)).start()")
+    reply, out = k.execute(code)
+    assert reply["status"] == "ok"
+    seen = set()
+    deadline = time.time() + 10
+    while len(seen) < 8 and time.time() < deadline:
+        m = k.iopub_until(lambda m: m["msg_type"] == "stream", timeout=1)
+        if m:
+            for line in m["content"]["text"].splitlines():
+                if line.startswith("thread "):
+                    seen.add(line)
+    assert len(seen) == 8
+
+
+def test_interrupt_during_start():
+    # The kernel answers kernel_info before IPython is imported; an interrupt that comes
+    # while it still starts must neither kill it nor leak into the first cell.
+    kern = Kernel()
+    try:
+        kern.km.interrupt_kernel()
+        time.sleep(0.05)
+        kern.km.interrupt_kernel()
+        reply, out = kern.execute("'started'", timeout=60)
+        assert reply["status"] == "ok"
+        assert alive(kern)
+    finally:
+        kern.close()
