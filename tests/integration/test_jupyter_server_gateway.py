@@ -3,7 +3,6 @@
 API with its own token, as JupyterLab would. Its gateway client creates, lists, interrupts,
 restarts and deletes kernels on the gateway and proxies the WebSocket (legacy format only).
 """
-import json
 import os
 import shutil
 import subprocess
@@ -244,7 +243,6 @@ def test_sessions_api_notebook_flow(stack):
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (open, issue 4): a comm message with buffers through Jupyter Server's gateway client is not echoed back")
 def test_binary_buffers_through_jupyter_server(stack):
     g, js = stack
     kid = js.api("POST", "/api/kernels", json={"name": "python3"}).json()["id"]
