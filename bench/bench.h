@@ -135,9 +135,9 @@ void kclient_destroy(kclient_t **self_p);
 /* ---- what one execution returned, whatever the target ----------------------------------- */
 
 typedef struct {
-    int status; /* HTTP status; 200 for a complete Jupyter reply (reply + idle); 0 = no answer */
-    char *text; /* result_text: stream text, then text/plain results, then the error */
-    bool error; /* the kernel reported an error */
+    int status;    /* HTTP status; 200 for a complete Jupyter reply (reply + idle); 0 = no answer */
+    char *text;    /* result_text: stream text, then text/plain results, then the error */
+    bool error;    /* the kernel reported an error */
     char why[160]; /* when status != 200: what went wrong */
 } bench_reply_t;
 

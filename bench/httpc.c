@@ -193,11 +193,10 @@ static int attempt(httpc_t *c, const char *req, size_t reqlen, int *ret_status, 
 int httpc_request(httpc_t *c, const char *method, const char *path, const char *extra_headers,
                   const char *body, size_t body_len, int *ret_status, char **ret_body) {
     char head[2048];
-    int hn = snprintf(head, sizeof head,
-                      "%s %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %zu\r\n%s%s\r\n", method,
-                      path, c->host, c->port, body_len,
-                      body_len ? "Content-Type: application/json\r\n" : "",
-                      extra_headers ? extra_headers : "");
+    int hn = snprintf(
+        head, sizeof head, "%s %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %zu\r\n%s%s\r\n",
+        method, path, c->host, c->port, body_len,
+        body_len ? "Content-Type: application/json\r\n" : "", extra_headers ? extra_headers : "");
     if (hn < 0 || (size_t)hn >= sizeof head)
         return -ENAMETOOLONG;
     size_t reqlen = (size_t)hn + body_len;

@@ -75,9 +75,13 @@ static pid_t spawn(const char *python, const char *home, const char *conn_file) 
     snprintf(env_home, sizeof env_home, "HOME=%s", home);
     snprintf(env_mpl, sizeof env_mpl, "MPLCONFIGDIR=%s", home);
     char *argv[] = {(char *)python, "-m", "ipykernel_launcher", "-f", (char *)conn_file, NULL};
-    char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", env_home, env_mpl, "LANG=C.UTF-8",
+    char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin",
+                    env_home,
+                    env_mpl,
+                    "LANG=C.UTF-8",
                     "MPLBACKEND=module://matplotlib_inline.backend_inline",
-                    "PYTHONUNBUFFERED=1", NULL};
+                    "PYTHONUNBUFFERED=1",
+                    NULL};
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)

@@ -27,8 +27,7 @@ double bench_now_ms(void) {
 void bench_sleep_ms(double ms) {
     if (ms <= 0)
         return;
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
-                          .tv_nsec = (long)(fmod(ms, 1000.0) * 1e6)};
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(fmod(ms, 1000.0) * 1e6)};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -135,11 +134,17 @@ static void *user_main(void *arg) {
         bool ok = r >= 0 && rep.status == 200;
         bool verified = ok && (!has || bench_value_matches(rep.text, expected));
         bench_stats_add(&u->st, ms, ok, verified);
-        if (!verified && u->failures++ == 0)
+        if (!verified && u->failures++ == 0) {
+            char wrong[96];
+            snprintf(wrong, sizeof wrong, "wrong value %.40s (expected %.10g)",
+                     rep.text ? rep.text : "(none)", expected);
+            for (char *p = wrong; *p; p++)
+                if (*p == '\n' || *p == '"')
+                    *p = ' ';
             snprintf(u->first_failure, sizeof u->first_failure, "step %d (%s): %s", i,
                      bench_scen_name(u->scen.kind),
-                     !ok ? (rep.why[0] ? rep.why : strerror(-r))
-                         : "wrong value");
+                     !ok ? (rep.why[0] ? rep.why : strerror(-r)) : wrong);
+        }
         bench_reply_clear(&rep);
         if (ctx->think_max_s > 0 && i + 1 < ctx->requests)
             bench_sleep_ms(1000 * bench_rng_real(&u->rng, ctx->think_min_s, ctx->think_max_s));
@@ -185,9 +190,9 @@ enum {
 
 static int cmd_run(int argc, char **argv) {
     static const char *const names[R_N + 1] = {
-        "target", "url",    "token",   "users",   "requests", "think-min", "think-max",
-        "timeout-ms", "seed", "python", "workdir", "cpu-pid", "label", "server",
-        "rep",    "launcher", "kernels-cgroup", NULL};
+        "target",    "url",        "token", "users",    "requests",       "think-min",
+        "think-max", "timeout-ms", "seed",  "python",   "workdir",        "cpu-pid",
+        "label",     "server",     "rep",   "launcher", "kernels-cgroup", NULL};
     const char *v[R_N];
     if (bench_opts(argc, argv, names, v) < 0)
         return 2;
@@ -261,8 +266,9 @@ static int cmd_run(int argc, char **argv) {
         bench_scen_init(&u->scen, &u->rng);
         scen_count[u->scen.kind]++;
     }
-    bench_note("%s: %d users x %d requests, think %.2f-%.2f s, target %s %s", v[R_LABEL] ? v[R_LABEL] : "run",
-               users, requests, think_min, think_max, tname, cfg.url);
+    bench_note("%s: %d users x %d requests, think %.2f-%.2f s, target %s %s",
+               v[R_LABEL] ? v[R_LABEL] : "run", users, requests, think_min, think_max, tname,
+               cfg.url);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
@@ -334,10 +340,9 @@ static int cmd_run(int argc, char **argv) {
     json_object_set_new(res, "requests_per_user", json_integer(requests));
     json_object_set_new(res, "think_s", json_pack("[f,f]", think_min, think_max));
     json_object_set_new(res, "seed", json_integer((json_int_t)(seed & 0x7fffffffffffffffull)));
-    json_object_set_new(res, "scenarios", json_pack("{s:i,s:i,s:i}", "arithmetic",
-                                                    scen_count[SCEN_ARITH], "list",
-                                                    scen_count[SCEN_LIST], "numpy",
-                                                    scen_count[SCEN_NUMPY]));
+    json_object_set_new(res, "scenarios",
+                        json_pack("{s:i,s:i,s:i}", "arithmetic", scen_count[SCEN_ARITH], "list",
+                                  scen_count[SCEN_LIST], "numpy", scen_count[SCEN_NUMPY]));
     json_object_set_new(res, "open_failed", json_integer(open_failed));
     json_object_set_new(res, "open_ms_p50", json_real(bench_median(opens, (size_t)nopen)));
     json_object_set_new(res, "open_ms_max", json_real(nopen ? opens[nopen - 1] : 0.0));
@@ -378,9 +383,8 @@ static int cmd_run(int argc, char **argv) {
     pthread_barrier_destroy(&stop);
     pthread_barrier_destroy(&done);
     bench_note("%s: %.0f requests in %.2f s, %.1f RPS, verified %.1f%%, P95 %.1f ms",
-               v[R_LABEL] ? v[R_LABEL] : tname,
-               json_number_value(json_object_get(res, "requests")), wall_s,
-               json_number_value(json_object_get(res, "rps")),
+               v[R_LABEL] ? v[R_LABEL] : tname, json_number_value(json_object_get(res, "requests")),
+               wall_s, json_number_value(json_object_get(res, "rps")),
                json_number_value(json_object_get(res, "verified_pct")),
                json_number_value(json_object_get(json_object_get(res, "lat_ms"), "p95")));
     bench_emit(res);

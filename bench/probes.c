@@ -37,8 +37,7 @@ static int proc_stat(pid_t pid, pid_t *ret_ppid, uint64_t *ret_ticks) {
     unsigned long long ut, st;
     /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
      * stime */
-    if (sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ppid, &ut, &st) !=
-        3)
+    if (sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ppid, &ut, &st) != 3)
         return -EINVAL;
     if (ret_ppid)
         *ret_ppid = ppid;
@@ -241,7 +240,7 @@ static bool cgroup_has(pid_t pid, const char *needle) {
 }
 
 typedef struct {
-    int kernels;       /* ipykernel processes found */
+    int kernels;         /* ipykernel processes found */
     long rss_kb, pss_kb; /* summed over every process of the workers */
     const char *method;
 } workers_mem_t;
@@ -264,7 +263,8 @@ static int workers_mem(pid_t gw, const char *cgroup, workers_mem_t *ret) {
             continue;
         w.rss_kb += rss;
         w.pss_kb += pss;
-        w.kernels += cmdline_has(v[i].pid, "ipykernel_launcher") || cmdline_has(v[i].pid, "kbox-kernel-host");
+        w.kernels += cmdline_has(v[i].pid, "ipykernel_launcher") ||
+                     cmdline_has(v[i].pid, "kbox-kernel-host");
     }
     if (w.kernels == 0) {
         char needle[128];
@@ -346,6 +346,12 @@ static int wait_settled(const char *url, const char *token, int min_idle, double
 /* Until the machine's CPUs have been mostly idle for a 300 ms window (other tenants and the
  * previous phase's cleanup), at most timeout_s. */
 static void wait_quiet(double busy_pct, double timeout_s) {
+    /* run.sh --quick caps every such wait: a smoke run checks the tooling, not the figures. */
+    const char *cap = getenv("KBOX_BENCH_MAX_QUIET_S");
+    if (cap && *cap && atof(cap) < timeout_s)
+        timeout_s = atof(cap);
+    if (timeout_s <= 0)
+        return;
     double deadline = bench_now_ms() + timeout_s * 1000;
     for (;;) {
         uint64_t b0, t0, b1, t1;
@@ -395,8 +401,8 @@ static int post_execute(httpc_t *c, const char *hdr, const char *user, const cha
     json_decref(b);
     _cleanup_free_ char *resp = NULL;
     double t0 = bench_now_ms();
-    int r = httpc_request(c, "POST", "/execute", hdr, body, body ? strlen(body) : 0, ret_status,
-                          &resp);
+    int r =
+        httpc_request(c, "POST", "/execute", hdr, body, body ? strlen(body) : 0, ret_status, &resp);
     *ret_ms = bench_now_ms() - t0;
     if (r < 0) {
         snprintf(why, whylen, "%s", strerror(-r));
@@ -488,10 +494,10 @@ int bench_cmd_first(int argc, char **argv) {
     }
     httpc_destroy(&c);
     wait_settled(url, token, -1, 120, NULL);
-    json_t *res = json_pack("{s:s,s:s,s:s,s:i,s:i,s:o,s:o,s:o}", "kind", "first", "label",
-                            v[4] ? v[4] : mode, "mode", mode, "samples", n, "failed", failed,
-                            "first_ms", dist(first, (size_t)n), "warm_ms", dist(warm, (size_t)n),
-                            "delta_ms", dist(delta, (size_t)n));
+    json_t *res =
+        json_pack("{s:s,s:s,s:s,s:i,s:i,s:o,s:o,s:o}", "kind", "first", "label", v[4] ? v[4] : mode,
+                  "mode", mode, "samples", n, "failed", failed, "first_ms", dist(first, (size_t)n),
+                  "warm_ms", dist(warm, (size_t)n), "delta_ms", dist(delta, (size_t)n));
     if (failed)
         json_object_set_new(res, "why", json_string(why));
     bench_emit(res);
@@ -535,9 +541,8 @@ int bench_cmd_kstart(int argc, char **argv) {
     const char *wd = v[2] ? v[2] : "/tmp/kbox-bench-kstart";
     enum { PY, IMP, CONN, SPAWN, SOCK, INFO, IOPUB, EX1, EX2, NSTEP };
     static const char *const step_names[NSTEP] = {
-        "python_startup",  "import_ipykernel", "conn_file",     "fork_exec",
-        "sockets_bound",   "kernel_info_reply", "iopub_flowing", "first_execute",
-        "second_execute"};
+        "python_startup",    "import_ipykernel", "conn_file",     "fork_exec",     "sockets_bound",
+        "kernel_info_reply", "iopub_flowing",    "first_execute", "second_execute"};
     double *vals[NSTEP];
     for (int s = 0; s < NSTEP; s++)
         vals[s] = calloc((size_t)samples, sizeof(double));
@@ -569,8 +574,8 @@ int bench_cmd_kstart(int argc, char **argv) {
         kclient_destroy(&k);
         if (e1 < 0 || e2 < 0)
             continue;
-        double row[NSTEP] = {py_ms, imp_ms, t.conn_file_ms, t.spawn_ms, t.sockets_ms, t.info_ms,
-                             t.iopub_ms, t1 - t0, t2 - t1};
+        double row[NSTEP] = {py_ms,     imp_ms,     t.conn_file_ms, t.spawn_ms, t.sockets_ms,
+                             t.info_ms, t.iopub_ms, t1 - t0,        t2 - t1};
         for (int s = 0; s < NSTEP; s++)
             vals[s][n] = row[s];
         n++;
@@ -639,9 +644,8 @@ static int parse_list(const char *s, int *out, int max) {
 }
 
 int bench_cmd_mem(int argc, char **argv) {
-    static const char *const names[] = {"url",   "token", "gw-pid",     "at",
-                                        "max",   "batch", "reserve-mb", "kernels-cgroup",
-                                        NULL};
+    static const char *const names[] = {"url",   "token",      "gw-pid",         "at", "max",
+                                        "batch", "reserve-mb", "kernels-cgroup", NULL};
     const char *v[8];
     if (bench_opts(argc, argv, names, v) < 0 || !v[0] || !v[2])
         return 2;
@@ -722,18 +726,18 @@ int bench_cmd_mem(int argc, char **argv) {
                 double ms;
                 const newsess_t *s = &ss[(size_t)i * (size_t)created / 10];
                 if (s->status == 200 &&
-                    post_execute(c, hdr, s->user, "x += 1; print(x)", &ms, &st, why,
-                                 sizeof why) >= 0 &&
+                    post_execute(c, hdr, s->user, "x += 1; print(x)", &ms, &st, why, sizeof why) >=
+                        0 &&
                     st == 200)
                     lat[nl++] = ms;
             }
             httpc_destroy(&c);
             double k = wm.kernels ? (double)wm.kernels : 1;
             json_t *mj = json_pack(
-                "{s:s,s:i,s:i,s:I,s:I,s:I,s:f,s:f,s:f,s:s,s:f,s:i,s:f}", "kind", "mem",
-                "sessions", held, "workers", wm.kernels, "gw_rss_kb", (json_int_t)rss,
-                "gw_pss_kb", (json_int_t)pss, "gw_rss_growth_kb", (json_int_t)(rss - gw_rss0),
-                "worker_rss_kb", (double)wm.rss_kb / k, "worker_pss_kb", (double)wm.pss_kb / k,
+                "{s:s,s:i,s:i,s:I,s:I,s:I,s:f,s:f,s:f,s:s,s:f,s:i,s:f}", "kind", "mem", "sessions",
+                held, "workers", wm.kernels, "gw_rss_kb", (json_int_t)rss, "gw_pss_kb",
+                (json_int_t)pss, "gw_rss_growth_kb", (json_int_t)(rss - gw_rss0), "worker_rss_kb",
+                (double)wm.rss_kb / k, "worker_pss_kb", (double)wm.pss_kb / k,
                 "memavail_drop_per_session_kb", (double)(avail0 - av) / (double)held, "method",
                 wm.method, "ramp_s", (bench_now_ms() - ramp_t0) / 1000, "probe_ok", nl,
                 "probe_p50_ms", bench_median(lat, (size_t)nl));
@@ -748,9 +752,8 @@ int bench_cmd_mem(int argc, char **argv) {
     long avail = bench_mem_available_kb();
     double per = held ? (double)(avail0 - avail) / held : 0;
     json_t *res = json_pack("{s:s,s:i,s:i,s:s,s:I,s:f,s:f}", "kind", "capacity", "held", held,
-                            "cap", cap, "stopped_by", stopped_by, "memavail_kb",
-                            (json_int_t)avail, "per_session_kb", per, "ramp_s",
-                            (bench_now_ms() - ramp_t0) / 1000);
+                            "cap", cap, "stopped_by", stopped_by, "memavail_kb", (json_int_t)avail,
+                            "per_session_kb", per, "ramp_s", (bench_now_ms() - ramp_t0) / 1000);
     if (failure[0])
         json_object_set_new(res, "failure", json_string(failure));
     if (per > 0)
@@ -817,12 +820,13 @@ int bench_cmd_gwlog(int argc, char **argv) {
         for (size_t i = 0; i < n; i++)
             x[i] = json_number_value(json_array_get(arr, i));
         double med = bench_median(x, n);
-        json_object_set_new(out, k, json_pack("{s:i,s:f,s:f}", "n", (int)n, "p50", med, "p95",
-                                              bench_pct(x, n, 0.95)));
+        json_object_set_new(
+            out, k,
+            json_pack("{s:i,s:f,s:f}", "n", (int)n, "p50", med, "p95", bench_pct(x, n, 0.95)));
         free(x);
     }
     json_decref(acc);
-    bench_emit(json_pack("{s:s,s:s,s:o}", "kind", "gwlog", "label", v[1] ? v[1] : "", "steps",
-                         out));
+    bench_emit(
+        json_pack("{s:s,s:s,s:o}", "kind", "gwlog", "label", v[1] ? v[1] : "", "steps", out));
     return 0;
 }

@@ -61,8 +61,7 @@ json_t *bench_stats_summary(bench_stats_t *st, double wall_s) {
                      (json_int_t)st->n, "wall_s", wall_s, "rps", wall_s > 0 ? n / wall_s : 0.0,
                      "success_pct", st->n ? 100.0 * (double)st->ok / n : 0.0, "verified_pct",
                      st->n ? 100.0 * (double)st->verified / n : 0.0, "lat_ms", "min",
-                     st->n ? st->lat_ms[0] : 0.0, "p50", bench_pct(st->lat_ms, st->n, 0.50),
-                     "p95", bench_pct(st->lat_ms, st->n, 0.95), "p99",
-                     bench_pct(st->lat_ms, st->n, 0.99), "max",
-                     st->n ? st->lat_ms[st->n - 1] : 0.0, "mean", st->n ? sum / n : 0.0);
+                     st->n ? st->lat_ms[0] : 0.0, "p50", bench_pct(st->lat_ms, st->n, 0.50), "p95",
+                     bench_pct(st->lat_ms, st->n, 0.95), "p99", bench_pct(st->lat_ms, st->n, 0.99),
+                     "max", st->n ? st->lat_ms[st->n - 1] : 0.0, "mean", st->n ? sum / n : 0.0);
 }

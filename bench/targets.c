@@ -171,11 +171,11 @@ static char *ws_message(kern_conn_t *c, const char *channel, const char *type, j
     char id[37], date[32];
     uuid4(id);
     jwire_now_iso8601(date);
-    json_t *m = json_pack("{s:{s:s,s:s,s:s,s:s,s:s,s:s},s:{},s:{},s:o,s:s,s:[]}", "header",
-                          "msg_id", id, "session", c->session, "username", "bench", "date", date,
-                          "msg_type", type, "version", "5.3", "parent_header", "metadata",
-                          "content", content ? content : json_object(), "channel", channel,
-                          "buffers");
+    json_t *m =
+        json_pack("{s:{s:s,s:s,s:s,s:s,s:s,s:s},s:{},s:{},s:o,s:s,s:[]}", "header", "msg_id", id,
+                  "session", c->session, "username", "bench", "date", date, "msg_type", type,
+                  "version", "5.3", "parent_header", "metadata", "content",
+                  content ? content : json_object(), "channel", channel, "buffers");
     char *s = m ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);
     snprintf(ret_id, 40, "%s", id);
@@ -183,8 +183,8 @@ static char *ws_message(kern_conn_t *c, const char *channel, const char *type, j
 }
 
 /* Waits for the messages answering parent_id; with col == NULL only for its reply on shell. */
-static int ws_collect(kern_conn_t *c, const char *parent_id, bench_collect_t *col,
-                      int timeout_ms, char *why, size_t whylen) {
+static int ws_collect(kern_conn_t *c, const char *parent_id, bench_collect_t *col, int timeout_ms,
+                      char *why, size_t whylen) {
     double deadline = bench_now_ms() + timeout_ms;
     for (;;) {
         int left = (int)(deadline - bench_now_ms());
@@ -247,8 +247,8 @@ static int kern_open(const bench_target_cfg_t *cfg, const char *user, void **ret
     const char *body = "{\"name\":\"python3\"}";
     _cleanup_free_ char *resp = NULL;
     int status = 0;
-    int r = httpc_request(c->http, "POST", "/api/kernels", c->hdr, body, strlen(body), &status,
-                          &resp);
+    int r =
+        httpc_request(c->http, "POST", "/api/kernels", c->hdr, body, strlen(body), &status, &resp);
     json_t *j = r >= 0 ? json_loads(resp, 0, NULL) : NULL;
     const char *id = json_string_value(json_object_get(j, "id"));
     if (r < 0 || (status != 201 && status != 200) || !id) {
@@ -261,8 +261,7 @@ static int kern_open(const bench_target_cfg_t *cfg, const char *user, void **ret
     snprintf(c->kernel_id, sizeof c->kernel_id, "%s", id);
     json_decref(j);
     char path[256];
-    snprintf(path, sizeof path, "/api/kernels/%s/channels?session_id=%s", c->kernel_id,
-             c->session);
+    snprintf(path, sizeof path, "/api/kernels/%s/channels?session_id=%s", c->kernel_id, c->session);
     c->ws = wsc_connect(host, port, path, c->hdr, 120000, err, errlen);
     if (!c->ws) {
         *ret = NULL;
@@ -333,7 +332,7 @@ typedef struct {
 } zt_conn_t;
 
 static int zt_open(const bench_target_cfg_t *cfg, const char *user, void **ret, char *err,
-                    size_t errlen) {
+                   size_t errlen) {
     zt_conn_t *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
