@@ -101,8 +101,7 @@ static _Noreturn void child_exec(const char *path, char *const *argv, pid_t pare
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
             _exit(125);
         execv(path, argv);
-    }
-    else
+    } else
         execvp(argv[0], argv);
     _exit(errno == ENOENT ? 127 : 126);
 }
@@ -118,7 +117,7 @@ int khost_init_run(const khost_args_t *args) {
         return -EINVAL;
     /* The native kernel is this binary again, as its own process: exec'd, not just forked,
      * so it starts dumpable with a clean address space and nothing of the init's. */
-    char *native_argv[] = {"kbox-kernel-host", "--kernel", "native", "--no-init", "-f",
+    char *native_argv[] = {"kbox-kernel-host",      "--kernel", "native", "--no-init", "-f",
                            (char *)args->conn_file, NULL};
     const char *path = NULL;
     char *const *argv = args->argv;

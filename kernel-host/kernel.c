@@ -11,7 +11,7 @@
  * round trip here), more than everything else a trivial execute_request costs the kernel
  * host. So the sockets have an owner, `owner`:
  *   - PY: the Python thread, while it is idle (it sleeps in poll() on the sockets, the pipes
- *     and out_q) and during the first KIO_TAKEOVER_US of a request. A request that ends
+ *     and out_q) and during the first KIO_TAKEOVER_US (5 ms) of a request. A request that ends
  *     within that (a trivial execute) is read, run and answered by the Python thread alone:
  *     the only other thread that wakes is libzmq's own;
  *   - IO: the I/O thread, from the moment a request has run for KIO_TAKEOVER_US (its timerfd
@@ -46,7 +46,7 @@
 #include <sys/timerfd.h>
 #include <zmq.h>
 
-#define KIO_TAKEOVER_US   1000                        /* a request runs this long alone */
+#define KIO_TAKEOVER_US   5000                        /* a request runs this long alone */
 #define KIO_FLUSH_MS      5u                          /* stream coalescing window (IO owner) */
 #define KIO_STREAM_CAP    ((size_t)64 * 1024)         /* bytes per stream message at most */
 #define KIO_PIPE_SIZE     (256 * 1024)                /* kernel pipe buffer per stream */
@@ -56,6 +56,7 @@
 #define KIO_MAX_PENDING   1024u /* shell requests queued before we stop reading shell */
 #define KIO_EXIT_GRACE_MS 1500  /* shutdown: atexit handlers get this long */
 #define KIO_LINGER_MS     1000
+#define KIO_GAP_US        2000 /* between a request's last output, its reply and its idle */
 #define KQ_REQ_CAP        (KIO_MAX_PENDING + 16)
 #define KQ_STDIN_CAP      16u
 #define KQ_OUT_CAP        8192u
@@ -74,9 +75,9 @@ void klog(int level, const char *msg, const char *ctx_fmt, ...) {
         return;
     char ts[32];
     jwire_now_iso8601(ts);
-    json_t *line = json_pack("{s:s, s:s, s:s, s:s}", "ts", ts, "level",
-                             names[level < 0 || level > 3 ? 1 : level], "module", "kernel", "msg",
-                             msg);
+    json_t *line =
+        json_pack("{s:s, s:s, s:s, s:s}", "ts", ts, "level",
+                  names[level < 0 || level > 3 ? 1 : level], "module", "kernel", "msg", msg);
     if (!line)
         return;
     if (ctx_fmt) {
@@ -107,8 +108,13 @@ kout_t *kout_new(kout_kind_t kind, jwire_channel_t ch, const char *msg_type, jso
         json_decref(metadata);
         return NULL;
     }
-    *it = (kout_t){.kind = kind, .flags = flags, .ch = ch, .msg_type = msg_type,
-                   .parent = json_incref(parent), .content = content, .metadata = metadata};
+    *it = (kout_t){.kind = kind,
+                   .flags = flags,
+                   .ch = ch,
+                   .msg_type = msg_type,
+                   .parent = json_incref(parent),
+                   .content = content,
+                   .metadata = metadata};
     if (ids)
         it->ids = zmsg_dup((zmsg_t *)ids);
     return it;
@@ -166,6 +172,10 @@ typedef struct {
     bool pipe_paused[2];
     bool shell_paused;
     uint64_t last_flush_us;
+    loop_watch_t *gap_watch;
+    int gap_fd;
+    uint64_t gap_until_us;
+    jwire_channel_t last_ch; /* of the previous message sent in a gapped batch */
     /* start handshake with the main thread */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -181,7 +191,8 @@ static _Noreturn void die(const char *why) {
 }
 
 static void timer_set(int fd, long usec) {
-    struct itimerspec its = {.it_value = {.tv_sec = usec / 1000000, .tv_nsec = usec % 1000000 * 1000}};
+    struct itimerspec its = {
+        .it_value = {.tv_sec = usec / 1000000, .tv_nsec = usec % 1000000 * 1000}};
     (void)timerfd_settime(fd, 0, &its, NULL);
 }
 
@@ -218,8 +229,8 @@ static int io_send_bufs(kio_t *io, jwire_channel_t ch, const char *msg_type, jso
     return r;
 }
 
-static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
-                   zmsg_t *ids, json_t *content, json_t *metadata) {
+static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent, zmsg_t *ids,
+                   json_t *content, json_t *metadata) {
     return io_send_bufs(io, ch, msg_type, parent, ids, content, metadata, NULL);
 }
 
@@ -299,9 +310,6 @@ static void handle_out(kio_t *io, kout_t *it) {
         klog(LOG_LVL_INFO, "python ready", "{s:I}", "start_ms",
              (json_int_t)((now_mono_us() - io->sh->start_us) / 1000));
         break;
-    case KOUT_PY_EXITED:
-        kout_free(it);
-        finish(io);
     case KOUT_MSG:
         io_send_bufs(io, it->ch, it->msg_type, it->parent, it->ids, TAKE_PTR(it->content),
                      TAKE_PTR(it->metadata), it->buffers);
@@ -317,13 +325,45 @@ static void handle_out(kio_t *io, kout_t *it) {
     kout_free(it);
 }
 
-/* Sends what out_q holds (sock_mu held); at most `max` items, true if some are left. */
-static bool out_send(kio_t *io, int max) {
+/* Shell and iopub are two sockets: nothing orders a reply against the status and output
+ * around it once they are on the wire, and a gateway or frontend may relay them as they
+ * come. ipykernel's messages arrive as output, reply, idle because it is slow; a fast kernel
+ * sending all three at once lets libzmq write the idle (queued on iopub behind the output)
+ * before the reply. On the I/O thread, i.e. for requests that ran longer than
+ * KIO_TAKEOVER_US, a gap of KIO_GAP_US before a reply that follows output, and before an
+ * idle that follows its reply, gives clients that order in practice. A short request (the
+ * Python thread sends its messages itself) gets no gap: its client waits for both anyway,
+ * as the protocol says, and the gateway's /execute does. */
+static bool needs_gap(kio_t *io, const kout_t *it) {
+    if (it->kind != KOUT_MSG)
+        return false;
+    if (it->ch == JWIRE_SHELL && io->last_ch == JWIRE_IOPUB)
+        return true;
+    return (it->flags & KOUT_F_REQUEST_DONE) && io->last_ch == JWIRE_SHELL;
+}
+
+/* Sends what out_q holds (sock_mu held); at most `max` items, true if some are left to send
+ * now. gaps: the I/O thread's ordering gaps (above). */
+static bool out_send(kio_t *io, int max, bool gaps) {
     kq_ack(io->sh->out_q);
+    if (gaps && now_mono_us() < io->gap_until_us)
+        return false; /* the gap timer sends the rest */
     for (int n = 0; n < max; n++) {
         kout_t *it = kq_pop(io->sh->out_q);
-        if (!it)
+        if (!it) {
+            io->last_ch = JWIRE_HB; /* none */
             return false;
+        }
+        if (gaps && needs_gap(io, it)) {
+            kq_unpop(io->sh->out_q, it, 0);
+            kq_ack(io->sh->out_q);
+            io->gap_until_us = now_mono_us() + KIO_GAP_US;
+            io->last_ch = JWIRE_HB;
+            timer_set(io->gap_fd, KIO_GAP_US);
+            return false;
+        }
+        if (it->kind == KOUT_MSG)
+            io->last_ch = it->ch;
         handle_out(io, it);
     }
     return true;
@@ -335,7 +375,7 @@ static void flush_all(kio_t *io, bool force) {
     kstreams_drain_locked(io->sh, KIO_DRAIN_MAX, force);
     pthread_mutex_unlock(&io->sh->st.mu);
     io->last_flush_us = now_mono_us();
-    while (out_send(io, 1024))
+    while (out_send(io, 1024, false))
         ;
 }
 
@@ -398,8 +438,8 @@ static void do_shutdown(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg) {
     if (!io->shutting_down) {
         reply_direct(io, ch, msg, "shutdown_reply", kmsg_shutdown_reply(restart));
         /* ipykernel also broadcasts it, for other clients of the kernel. */
-        io_send(io, JWIRE_IOPUB, "shutdown_reply", msg->header, NULL,
-                kmsg_shutdown_reply(restart), NULL);
+        io_send(io, JWIRE_IOPUB, "shutdown_reply", msg->header, NULL, kmsg_shutdown_reply(restart),
+                NULL);
         flush_all(io, false);
         io->shutting_down = true;
         klog(LOG_LVL_INFO, "shutdown requested", "{s:b}", "restart", restart);
@@ -458,7 +498,9 @@ static void handle_shell(kio_t *io, jwire_msg_t *m) {
         jwire_msg_destroy(&m);
         return;
     }
-    *r = (kreq_t){.kind = KREQ_MSG, .ch = JWIRE_SHELL, .msg = m,
+    *r = (kreq_t){.kind = KREQ_MSG,
+                  .ch = JWIRE_SHELL,
+                  .msg = m,
                   .seq = atomic_fetch_add(&io->sh->last_seq, 1) + 1};
     queue_request(io, r);
 }
@@ -563,7 +605,7 @@ static void on_out(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void 
     IO_LOCKED(io, {
         /* Bounded per wakeup so control and heartbeat never wait behind a flood of display
          * messages; the rest gets a kick. */
-        if (out_send(io, 256))
+        if (out_send(io, 256, true))
             kq_kick(io->sh->out_q);
         io_hand_back(io);
     });
@@ -639,6 +681,14 @@ static void io_hand_back(kio_t *io) {
     kq_kick(io->sh->req_q); /* the Python thread sleeps on req_q while it does not own */
 }
 
+static void on_gap(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
+    kio_t *io = arg;
+    uint64_t n;
+    (void)!read(fd, &n, sizeof n);
+    io->gap_until_us = 0;
+    on_out(loop, w, fd, events, arg);
+}
+
 static void on_takeover(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
     uint64_t n;
     (void)!read(fd, &n, sizeof n);
@@ -652,10 +702,6 @@ static void on_exit_timer(loop_t *loop, loop_watch_t *w, int fd, unsigned events
 }
 
 /* ---- the Python thread's side (called with the GIL; see kernel_int.h) ----------------------- */
-
-bool kio_py_owns(kshared_t *sh) {
-    return atomic_load(&io_state.owner) == OWNER_PY;
-}
 
 void kio_py_service(kshared_t *sh) {
     kio_t *io = &io_state;
@@ -797,8 +843,8 @@ static void *zsock_of(kio_t *io, int type, jwire_channel_t ch) {
     char ep[PATH_MAX + 32];
     if (jwire_conn_endpoint(&io->conn, ch, ep, sizeof ep) < 0 || zmq_bind(s, ep) < 0) {
         int saved = errno;
-        klog(LOG_LVL_ERROR, "bind failed", "{s:s, s:s}", "channel", jwire_channel_name(ch),
-             "error", strerror(saved));
+        klog(LOG_LVL_ERROR, "bind failed", "{s:s, s:s}", "channel", jwire_channel_name(ch), "error",
+             strerror(saved));
         zmq_close(s);
         errno = saved;
         return NULL;
@@ -827,8 +873,12 @@ static int io_setup(kio_t *io) {
     io->empty = json_object();
     io->takeover_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     io->exit_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (!io->loop || !io->empty || io->takeover_fd < 0 || io->exit_fd < 0)
+    io->gap_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (!io->loop || !io->empty || io->takeover_fd < 0 || io->exit_fd < 0 || io->gap_fd < 0)
         return -ENOMEM;
+    io->gap_watch = loop_io_add(io->loop, io->gap_fd, LOOP_READ, on_gap, io);
+    if (!io->gap_watch)
+        return -errno;
     io->takeover_watch = loop_io_add(io->loop, io->takeover_fd, LOOP_READ, on_takeover, io);
     io->exit_watch = loop_io_add(io->loop, io->exit_fd, LOOP_READ, on_exit_timer, io);
     if (!io->takeover_watch || !io->exit_watch)
@@ -912,8 +962,7 @@ int khost_kernel_run(const char *conn_file) {
     io->signer = jwire_signer_new(io->conn.signature_scheme, io->conn.key, strlen(io->conn.key));
     io->replay = jwire_replay_new(KIO_REPLAY_CAP);
     if (!io->signer || !io->replay) {
-        klog(LOG_LVL_ERROR, "bad signature scheme", "{s:s}", "scheme",
-             io->conn.signature_scheme);
+        klog(LOG_LVL_ERROR, "bad signature scheme", "{s:s}", "scheme", io->conn.signature_scheme);
         return -EINVAL;
     }
     /* The key is not needed in this form any more. */

@@ -1,14 +1,16 @@
 /* What the native kernel's two halves share (internal to kernel-host/).
  *
- *   I/O thread (kernel.c)                      main thread (pyshell.c)
- *   owns every ZeroMQ socket, the event loop,  runs CPython and IPython's shell; the only
- *   the stdout/stderr pipes; never takes the   thread that executes user code; never touches
- *   GIL, so heartbeat, control and output      a socket
- *   flow while user code runs
+ *   kernel.c: the sockets, the I/O thread,      pyshell.c: the main thread; CPython and
+ *   the pipes behind fds 1 and 2; never takes   IPython's shell; the only thread that runs
+ *   the GIL                                     user code
  *
- *           req_q:   requests (shell messages, shutdown)   I/O -> Python
- *           stdin_q: input_reply messages                  I/O -> Python
- *           out_q:   messages to send, in order            Python -> I/O
+ * The sockets belong to whichever thread owns them (kernel.c explains why and when): the
+ * Python thread between requests and during a request's first millisecond, the I/O thread
+ * while a longer request runs, so heartbeat, control and output flow while user code runs.
+ *
+ *           req_q:   requests (shell messages, shutdown)   socket owner -> Python
+ *           stdin_q: input_reply messages                  I/O thread -> Python
+ *           out_q:   messages to send, in order            Python -> socket owner
  *
  * Output order: bytes in the stdout/stderr pipes and messages in out_q are two channels;
  * they are put in one order by kstreams_t's mutex. Whoever reads the pipes (the I/O thread
@@ -35,21 +37,20 @@
 /* Requests handed to the Python thread. */
 typedef enum {
     KREQ_MSG,      /* a shell-channel message */
-    KREQ_SHUTDOWN, /* run atexit handlers, answer KOUT_PY_EXITED */
+    KREQ_SHUTDOWN, /* run atexit handlers, then exit (kio_py_exit) */
 } kreq_kind_t;
 
 typedef struct {
     kreq_kind_t kind;
     jwire_channel_t ch; /* where it came from and its reply goes: shell (or control) */
     jwire_msg_t *msg;   /* KREQ_MSG: owned */
-    uint64_t seq;     /* arrival order of shell requests (for stop_on_error aborts) */
+    uint64_t seq;       /* arrival order of shell requests (for stop_on_error aborts) */
 } kreq_t;
 
 /* Items the Python thread hands to the I/O thread. */
 typedef enum {
-    KOUT_MSG,       /* send a message */
-    KOUT_PY_READY,  /* Python and IPython are initialized */
-    KOUT_PY_EXITED, /* shutdown: atexit handlers ran, exit now */
+    KOUT_MSG,      /* send a message */
+    KOUT_PY_READY, /* Python and IPython are initialized */
 } kout_kind_t;
 
 enum {
@@ -96,7 +97,7 @@ typedef struct {
     dev_t out_dev[2];
     ino_t out_ino[2];
     pthread_t main_thread;
-    uint64_t start_us; /* monotonic, when the kernel process started */
+    uint64_t start_us;  /* monotonic, when the kernel process started */
     atomic_bool forked; /* this is a child of os.fork() in user code: touch no socket */
 } kshared_t;
 
@@ -115,8 +116,6 @@ void klog(int level, const char *msg, const char *ctx_fmt, ...);
 
 /* The Python thread's side of socket ownership (kernel.c explains it). All are called with
  * the GIL held and never block on the I/O thread for long. */
-/* true while the Python thread owns the sockets. */
-bool kio_py_owns(kshared_t *sh);
 /* If it owns them: handles control and stdin traffic, queues the next shell request on
  * req_q (answering kernel_info and shutdown itself), sends what out_q and the pipes hold. */
 void kio_py_service(kshared_t *sh);

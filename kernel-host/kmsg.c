@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int get_bool(const json_t *content, const char *key, bool dflt, bool *ret) {
@@ -63,18 +64,17 @@ json_t *kmsg_kernel_info(const char *py_version, const char *impl_version) {
              "IPython shell in the kbox native kernel -- An enhanced Interactive Python. "
              "Type '?' for help.\n",
              py_version ? py_version : version);
-    return json_pack("{s:s, s:s, s:s, s:s,"
-                     " s:{s:s, s:s, s:s, s:{s:s, s:i}, s:s, s:s, s:s},"
-                     " s:s, s:b, s:[{s:s, s:s}, {s:s, s:s}]}",
-                     "status", "ok", "protocol_version", JWIRE_PROTOCOL_VERSION, "implementation",
-                     KMSG_IMPLEMENTATION, "implementation_version",
-                     impl_version ? impl_version : "", "language_info", "name", "python",
-                     "version", version, "mimetype", "text/x-python", "codemirror_mode", "name",
-                     "ipython", "version", atoi(major), "pygments_lexer", "ipython3",
-                     "nbconvert_exporter", "python", "file_extension", ".py", "banner", banner,
-                     "debugger", 0, "help_links", "text", "Python Reference", "url", minor_url,
-                     "text", "IPython Reference", "url",
-                     "https://ipython.readthedocs.io/en/stable/");
+    return json_pack(
+        "{s:s, s:s, s:s, s:s,"
+        " s:{s:s, s:s, s:s, s:{s:s, s:i}, s:s, s:s, s:s},"
+        " s:s, s:b, s:[{s:s, s:s}, {s:s, s:s}]}",
+        "status", "ok", "protocol_version", JWIRE_PROTOCOL_VERSION, "implementation",
+        KMSG_IMPLEMENTATION, "implementation_version", impl_version ? impl_version : "",
+        "language_info", "name", "python", "version", version, "mimetype", "text/x-python",
+        "codemirror_mode", "name", "ipython", "version", (int)strtol(major, NULL, 10),
+        "pygments_lexer", "ipython3", "nbconvert_exporter", "python", "file_extension", ".py",
+        "banner", banner, "debugger", 0, "help_links", "text", "Python Reference", "url", minor_url,
+        "text", "IPython Reference", "url", "https://ipython.readthedocs.io/en/stable/");
 }
 
 json_t *kmsg_status(const char *state) {
@@ -98,9 +98,9 @@ json_t *kmsg_execute_ok(long count, json_t *user_expressions, json_t *payload) {
 json_t *kmsg_execute_error(long count, const char *ename, const char *evalue, json_t *traceback,
                            json_t *payload) {
     return json_pack("{s:s, s:I, s:s, s:s, s:o, s:{}, s:o}", "status", "error", "execution_count",
-                     (json_int_t)count, "ename", ename ? ename : "", "evalue",
-                     evalue ? evalue : "", "traceback", traceback ? traceback : json_array(),
-                     "user_expressions", "payload", payload ? payload : json_array());
+                     (json_int_t)count, "ename", ename ? ename : "", "evalue", evalue ? evalue : "",
+                     "traceback", traceback ? traceback : json_array(), "user_expressions",
+                     "payload", payload ? payload : json_array());
 }
 
 json_t *kmsg_aborted(void) {
@@ -110,10 +110,6 @@ json_t *kmsg_aborted(void) {
 json_t *kmsg_execute_metadata(const char *started, const char *engine, const char *status) {
     return json_pack("{s:s, s:b, s:s, s:s}", "started", started, "dependencies_met", 1, "engine",
                      engine, "status", status);
-}
-
-json_t *kmsg_comm_info(void) {
-    return json_pack("{s:s, s:{}}", "status", "ok", "comms");
 }
 
 json_t *kmsg_shutdown_reply(bool restart) {

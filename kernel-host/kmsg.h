@@ -19,9 +19,9 @@ typedef struct {
     const char *code;
     size_t code_len;
     bool silent;
-    bool store_history; /* default: !silent */
-    bool allow_stdin;   /* default: false */
-    bool stop_on_error; /* default: true */
+    bool store_history;             /* default: !silent */
+    bool allow_stdin;               /* default: false */
+    bool stop_on_error;             /* default: true */
     const json_t *user_expressions; /* an object, or NULL when absent/empty */
 } kmsg_execute_t;
 
@@ -49,8 +49,6 @@ json_t *kmsg_aborted(void);
 /* The execute_reply metadata ipykernel sends: {started, dependencies_met, engine, status}. */
 json_t *kmsg_execute_metadata(const char *started, const char *engine, const char *status);
 
-/* {"status": "ok", "comms": {}}: the kernel has no comm targets. */
-json_t *kmsg_comm_info(void);
 /* {"status": "ok", "restart": restart} */
 json_t *kmsg_shutdown_reply(bool restart);
 /* {"status": "ok"} */

@@ -185,4 +185,3 @@ void kq_ack(kq_t *self) {
 void kq_kick(kq_t *self) {
     signal_fd(self);
 }
-

@@ -112,8 +112,7 @@ size_t kutf8_complete_prefix(const uint8_t *buf, size_t len) {
         if ((*s & 0xC0) == 0x80)
             continue; /* a continuation byte: look further back for the start */
         size_t max;
-        if (*s >= 0xC2 && *s <= 0xF4 && utf8_seq(s, len - (i - 1), &max) == 0 &&
-            i - 1 + max == len)
+        if (*s >= 0xC2 && *s <= 0xF4 && utf8_seq(s, len - (i - 1), &max) == 0 && i - 1 + max == len)
             return i - 1; /* valid so far and cut by the end: hold it back */
         return len;
     }

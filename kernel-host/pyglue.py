@@ -316,6 +316,30 @@ kernel = Kernel()
 shell = None
 
 
+class _IpykernelCommAlias:
+    """`from ipykernel.comm import Comm` (widgets, plotting libraries) gets this kernel's Comm
+    and CommManager: ipykernel's own classes only work inside an ipykernel process."""
+
+    names = ("ipykernel.comm", "ipykernel.comm.comm", "ipykernel.comm.manager")
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.names:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname == self.names[0])
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        module.Comm = Comm
+        module.CommManager = CommManager
+        module.__all__ = ["Comm", "CommManager"]
+        if module.__name__ == self.names[0]:
+            module.__path__ = []
+
+
 def comm(msg_type, msg):
     """comm_open / comm_msg / comm_close from the frontend."""
     getattr(kernel.comm_manager, msg_type)(msg)
@@ -390,6 +414,7 @@ def init():
     _install_fast_paths(shell)
     if "" not in sys.path:
         sys.path.insert(0, "")  # import from the working directory, as ipykernel does
+    sys.meta_path.insert(0, _IpykernelCommAlias())
     builtins.input = _kbox.input
     import getpass
 

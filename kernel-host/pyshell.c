@@ -2,10 +2,12 @@
  * an embedded CPython (Debian's libpython3.11, its /usr/lib/python3 paths, no PYTHON*
  * environment) and IPython's InteractiveShell through the glue in pyglue.py.
  *
- * Per request it publishes busy (and execute_input), runs the handler, flushes Python's
- * stdout/stderr buffers and publishes idle; the messages go to the I/O thread through out_q
- * as jansson values built here, so the common path (a trivial execute) converts nothing to
- * JSON in Python: the code string goes in as a str, the reply is built from a small tuple.
+ * Between requests it serves the sockets itself when it owns them (kio_py_*, kernel.c) and
+ * sleeps in poll() with the GIL released. Per request it publishes busy (and execute_input),
+ * runs the handler, flushes Python's stdout/stderr buffers and publishes idle; the messages go
+ * through out_q as jansson values built here and are sent by whichever thread owns the
+ * sockets. The common path (a trivial execute) converts nothing to JSON in Python: the code
+ * string goes in as a str, the reply is built from a small tuple.
  * Rich data (display data, results, payloads, completion replies) are converted to JSON by
  * py2json() below, with the cleaning ipykernel's json_clean does (bytes as base64, non-finite
  * floats as strings, unknown objects as their str()).
@@ -13,8 +15,8 @@
  * The `_kbox` module is what the glue and user code call into: execute_result, display_data,
  * clear_output, error, input, getpass. They all run with the GIL held, publish under the
  * current request's header (outputs from threads after the cell go under the last one, as
- * with ipykernel) and do nothing in a process forked by user code, whose I/O thread does not
- * exist. SIGINT is Python's KeyboardInterrupt while a request runs; one that arrives between
+ * with ipykernel) and do nothing in a process forked by user code (its sockets are the
+ * parent's). SIGINT is Python's KeyboardInterrupt while a request runs; one that arrives between
  * requests is discarded, as ipykernel ignores SIGINT when idle. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -118,7 +120,7 @@ static json_t *dict_to_json(PyObject *o, size_t *bytes, int depth) {
         Py_INCREF(v);
         json_t *jk = PyUnicode_Check(k) ? unicode_to_json(k, bytes) : str_of(k, bytes);
         json_t *jv = py2json_depth(v, bytes, depth + 1);
-        if (jk && json_is_string(jk))
+        if (json_is_string(jk))
             json_object_setn_new(obj, json_string_value(jk), json_string_length(jk),
                                  jv ? jv : json_null());
         else
@@ -312,8 +314,7 @@ static void out_push(kout_t *it, size_t bytes) {
         return;
     }
     if (kq_push(S->out_q, it, bytes, false) == -EAGAIN) {
-        Py_BEGIN_ALLOW_THREADS
-        kq_push(S->out_q, it, bytes, true);
+        Py_BEGIN_ALLOW_THREADS kq_push(S->out_q, it, bytes, true);
         Py_END_ALLOW_THREADS
     }
 }
@@ -322,31 +323,35 @@ static json_t *cur_parent(void) {
     return cur.msg ? cur.msg->header : NULL;
 }
 
-/* An iopub message, after the output written before it (kout_publish_ordered). */
-static void publish(const char *msg_type, json_t *content, unsigned flags, size_t bytes) {
-    kout_t *it = kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL, content, NULL,
-                          flags);
+/* A message after the output written before it (kout_publish_ordered drains the pipes
+ * first): iopub messages, and replies too, so a reply never overtakes the request's last
+ * output. Waits for room with the GIL released. */
+static void push_ordered(kout_t *it, size_t bytes) {
     if (!it)
         return;
     if (forked) {
         kout_free(it);
         return;
     }
-    bytes += 256;
     if (kq_full(S->out_q, bytes)) {
-        Py_BEGIN_ALLOW_THREADS
-        kq_wait_room(S->out_q, bytes);
+        Py_BEGIN_ALLOW_THREADS kq_wait_room(S->out_q, bytes);
         Py_END_ALLOW_THREADS
     }
     kout_publish_ordered(S, it, bytes);
 }
 
+static void publish(const char *msg_type, json_t *content, unsigned flags, size_t bytes) {
+    push_ordered(
+        kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL, content, NULL, flags),
+        bytes + 256);
+}
+
 static void reply(const char *msg_type, json_t *content, json_t *metadata) {
     if (!cur.msg)
         return;
-    out_push(kout_new(KOUT_MSG, cur.ch, msg_type, cur.msg->header, cur.msg->ids, content,
-                      metadata, 0),
-             512);
+    push_ordered(
+        kout_new(KOUT_MSG, cur.ch, msg_type, cur.msg->header, cur.msg->ids, content, metadata, 0),
+        512);
 }
 
 /* ---- the _kbox module --------------------------------------------------------------------- */
@@ -447,8 +452,7 @@ static PyObject *kb_comm_publish(PyObject *self, PyObject *args) {
     it->buffers = z;
     bytes += 256;
     if (kq_full(S->out_q, bytes)) {
-        Py_BEGIN_ALLOW_THREADS
-        kq_wait_room(S->out_q, bytes);
+        Py_BEGIN_ALLOW_THREADS kq_wait_room(S->out_q, bytes);
         Py_END_ALLOW_THREADS
     }
     kout_publish_ordered(S, it, bytes);
@@ -474,9 +478,9 @@ static PyObject *request_input(PyObject *prompt, bool password) {
         json_decref(jp);
         jp = json_string("");
     }
-    out_push(kout_new(KOUT_MSG, JWIRE_STDIN, "input_request", cur.msg->header, cur.msg->ids,
-                      json_pack("{s:o, s:b}", "prompt", jp, "password", password), NULL, 0),
-             512);
+    push_ordered(kout_new(KOUT_MSG, JWIRE_STDIN, "input_request", cur.msg->header, cur.msg->ids,
+                          json_pack("{s:o, s:b}", "prompt", jp, "password", password), NULL, 0),
+                 512);
     kio_py_need_io(S);
     for (;;) {
         kq_ack(S->stdin_q);
@@ -487,19 +491,17 @@ static PyObject *request_input(PyObject *prompt, bool password) {
             if (json_is_string(v) && streq(json_string_value(v), "\x04"))
                 PyErr_SetNone(PyExc_EOFError);
             else if (json_is_string(v))
-                r = PyUnicode_DecodeUTF8(json_string_value(v),
-                                         (Py_ssize_t)json_string_length(v), "replace");
+                r = PyUnicode_DecodeUTF8(json_string_value(v), (Py_ssize_t)json_string_length(v),
+                                         "replace");
             else
                 r = PyUnicode_FromString("");
             jwire_msg_destroy(&m);
             return r;
         }
         int n;
-        Py_BEGIN_ALLOW_THREADS
-        struct pollfd p = {.fd = kq_fd(S->stdin_q), .events = POLLIN};
+        Py_BEGIN_ALLOW_THREADS struct pollfd p = {.fd = kq_fd(S->stdin_q), .events = POLLIN};
         n = poll(&p, 1, INPUT_POLL_MS);
-        Py_END_ALLOW_THREADS
-        (void)n;
+        Py_END_ALLOW_THREADS(void) n;
         if (PyErr_CheckSignals() < 0) {
             if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
                 PyErr_Clear();
@@ -563,7 +565,6 @@ static PyObject *kb_init(void) {
 }
 
 /* ---- requests ----------------------------------------------------------------------------- */
-
 
 /* SIGINT between requests (or after a cell ended) must not become the next cell's
  * KeyboardInterrupt. */
@@ -644,8 +645,10 @@ static void do_execute(const kreq_t *r) {
         char ename[128] = "Error", evalue[512] = "";
         if (PyErr_Occurred())
             take_exception(ename, sizeof ename, evalue, sizeof evalue);
-        publish("error", json_pack("{s:s, s:s, s:[s]}", "ename", ename, "evalue", evalue,
-                                   "traceback", evalue), 0, 0);
+        publish(
+            "error",
+            json_pack("{s:s, s:s, s:[s]}", "ename", ename, "evalue", evalue, "traceback", evalue),
+            0, 0);
         content = kmsg_execute_error(execution_count() - 1, ename, evalue, NULL, NULL);
     } else {
         long count = PyLong_AsLong(PyTuple_GET_ITEM(res, 0));
@@ -654,8 +657,7 @@ static void do_execute(const kreq_t *r) {
         if (PyTuple_GET_SIZE(res) >= 5) {
             json_t *ename = py2json(PyTuple_GET_ITEM(res, 2), NULL);
             json_t *evalue = py2json(PyTuple_GET_ITEM(res, 3), NULL);
-            content = kmsg_execute_error(count, json_string_value(ename),
-                                         json_string_value(evalue),
+            content = kmsg_execute_error(count, json_string_value(ename), json_string_value(evalue),
                                          py2json(PyTuple_GET_ITEM(res, 4), NULL), jpayload);
             json_decref(ename);
             json_decref(evalue);
@@ -707,19 +709,18 @@ static void do_comm(const char *type) {
     PyObject *bufs = PyList_New(0);
     for (zframe_t *f = m->buffers ? zmsg_first(m->buffers) : NULL; bufs && f;
          f = zmsg_next(m->buffers)) {
-        PyObject *b = PyBytes_FromStringAndSize((const char *)zframe_data(f),
-                                                (Py_ssize_t)zframe_size(f));
+        PyObject *b =
+            PyBytes_FromStringAndSize((const char *)zframe_data(f), (Py_ssize_t)zframe_size(f));
         if (!b || PyList_Append(bufs, b) < 0)
             Py_CLEAR(bufs);
         Py_XDECREF(b);
     }
-    PyObject *msg = bufs ? Py_BuildValue("{s:N, s:N, s:N, s:N, s:N, s:s, s:s}", "header",
-                                         json2py(m->header), "parent_header",
-                                         json2py(m->parent_header), "metadata",
-                                         json2py(m->metadata), "content", json2py(m->content),
-                                         "buffers", bufs, "msg_id", jwire_msg_id(m), "msg_type",
-                                         type)
-                         : NULL;
+    PyObject *msg =
+        bufs ? Py_BuildValue("{s:N, s:N, s:N, s:N, s:N, s:s, s:s}", "header", json2py(m->header),
+                             "parent_header", json2py(m->parent_header), "metadata",
+                             json2py(m->metadata), "content", json2py(m->content), "buffers", bufs,
+                             "msg_id", jwire_msg_id(m), "msg_type", type)
+             : NULL;
     PyObject *res = msg ? PyObject_CallFunction(g_comm, "sO", type, msg) : NULL;
     if (!res) /* a malformed message (handler errors are shown to the user by the glue) */
         PyErr_Clear();
@@ -746,8 +747,8 @@ static void handle_msg(const kreq_t *r) {
     if (streq(type, "execute_request")) {
         do_execute(r);
     } else if (streq(type, "complete_request")) {
-        PyObject *args = Py_BuildValue("(NN)", arg_str(content, "code"),
-                                       arg_int_or_none(content, "cursor_pos"));
+        PyObject *args =
+            Py_BuildValue("(NN)", arg_str(content, "code"), arg_int_or_none(content, "cursor_pos"));
         do_glue_call(g_complete, args, NULL, "complete_reply");
         Py_XDECREF(args);
     } else if (streq(type, "inspect_request")) {
@@ -775,11 +776,11 @@ static void handle_msg(const kreq_t *r) {
         reply("kernel_info_reply", json_incref(S->kernel_info), NULL);
     } else if (streq(type, "comm_info_request")) {
         const json_t *tn = json_object_get(content, "target_name");
-        PyObject *args = Py_BuildValue("(N)", json_is_string(tn) ? json2py(tn) : Py_NewRef(Py_None));
+        PyObject *args =
+            Py_BuildValue("(N)", json_is_string(tn) ? json2py(tn) : Py_NewRef(Py_None));
         do_glue_call(g_comm_info, args, NULL, "comm_info_reply");
         Py_XDECREF(args);
-    } else if (streq(type, "comm_open") || streq(type, "comm_msg") ||
-               streq(type, "comm_close")) {
+    } else if (streq(type, "comm_open") || streq(type, "comm_msg") || streq(type, "comm_close")) {
         do_comm(type);
     } else {
         klog(LOG_LVL_DEBUG, "unhandled shell message", "{s:s}", "msg_type", type);
@@ -820,11 +821,8 @@ static kreq_t *next_request(void) {
         struct pollfd fds[8];
         int nfds = kio_py_wait_fds(S, fds);
         int n;
-        Py_BEGIN_ALLOW_THREADS
-        n = poll(fds, (nfds_t)nfds, -1);
-        Py_END_ALLOW_THREADS
-        if (n < 0)
-            discard_signals();
+        Py_BEGIN_ALLOW_THREADS n = poll(fds, (nfds_t)nfds, -1);
+        Py_END_ALLOW_THREADS if (n < 0) discard_signals();
     }
 }
 
@@ -919,6 +917,11 @@ int kpy_run(kshared_t *sh) {
     /* Start-up garbage (import machinery, IPython's configuration) goes back to the OS: an
      * idle kernel's RSS is what a host full of sessions pays for. */
     PyGC_Collect();
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *fr = gc ? PyObject_CallMethod(gc, "freeze", NULL) : NULL; /* never traversed again */
+    Py_XDECREF(fr);
+    Py_XDECREF(gc);
+    PyErr_Clear();
     malloc_trim(0);
     pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
     discard_signals();

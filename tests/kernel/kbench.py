@@ -25,6 +25,7 @@ from jupyter_client.session import Session
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TCP = False
+SETUP, CODE = "x = 0", "x += 1; print(x)"
 DEFAULT_BIN = os.path.join(HERE, "..", "..", "build", "kernel-host", "kbox-kernel-host")
 
 
@@ -84,12 +85,13 @@ class Client:
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.iopub.connect(url(info["iopub_port"]))
 
-    def request(self, msg_type, content, timeout=60):
-        """Sends a request; returns (reply, iopub messages) once the reply and idle came."""
+    def request(self, msg_type, content, timeout=60, idle=True):
+        """Sends a request; returns (reply, iopub messages) once the reply and idle came
+        (only the reply with idle=False: iopub may not be subscribed yet at start)."""
         msg = self.session.msg(msg_type, content)
         self.session.send(self.shell, msg)
         mid = msg["header"]["msg_id"]
-        reply, idle, out = None, False, []
+        reply, idle, out = None, not idle, []
         poller = zmq.Poller()
         poller.register(self.shell, zmq.POLLIN)
         poller.register(self.iopub, zmq.POLLIN)
@@ -128,15 +130,17 @@ def run_kernel(name, argv_for, n, workdir):
     start_info = None
     while start_info is None:
         try:
-            c.request("kernel_info_request", {}, timeout=0.25)
+            c.request("kernel_info_request", {}, timeout=0.05, idle=False)
             start_info = time.time() - t0
         except TimeoutError:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}")
-    reply, _ = c.request("execute_request", {"code": "x = 0", "silent": False})
+    reply, _ = c.request("execute_request", {"code": SETUP, "silent": False})
     start_exec = time.time() - t0
     assert reply["content"]["status"] == "ok", reply
-    code = "x += 1; print(x)"
+    time.sleep(1.0)
+    idle_rss = rss_kb(proc.pid)  # a started kernel that ran one cell, as a warm pool holds it
+    code = CODE
     for _ in range(200):  # warm up
         c.request("execute_request", {"code": code, "silent": False})
     time.sleep(0.5)
@@ -153,7 +157,7 @@ def run_kernel(name, argv_for, n, workdir):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
     elif os.environ.get("KBENCH_PERF"):  # a profile of the measured loop: KBENCH_PERF=out.data
-        perf = subprocess.Popen(["perf", "record", "-F", "4000", "-g", "-o",
+        perf = subprocess.Popen(["perf", "record", "-F", "4000", "--call-graph", os.environ.get("KBENCH_CG", "fp"), "-o",
                                  os.environ["KBENCH_PERF"] + "." + name, "-p", str(proc.pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
@@ -176,14 +180,17 @@ def run_kernel(name, argv_for, n, workdir):
         perf.wait()
     assert reply["content"]["status"] == "ok", reply
     text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
-    assert text.strip() == str(200 + n), text
+    if CODE == "x += 1; print(x)":
+        assert text.strip() == str(200 + n), text
     time.sleep(1.0)
-    rss = rss_kb(proc.pid)
+    rss_after = rss_kb(proc.pid)
     c.close()
     proc.kill()
     proc.wait()
     return {"kernel": name, "n": n, "cpu_ms_per_execute": round(cpu / n / 1e6, 4),
-            "wall_ms_per_execute": round(wall / n * 1e3, 3), "idle_rss_mb": round(rss / 1024, 1),
+            "wall_ms_per_execute": round(wall / n * 1e3, 3),
+            "idle_rss_mb": round(idle_rss / 1024, 1),
+            "rss_after_run_mb": round(rss_after / 1024, 1),
             "start_to_kernel_info_s": round(start_info, 3),
             "start_to_first_execute_s": round(start_exec, 3)}
 
@@ -194,9 +201,11 @@ def main():
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--only", choices=["native", "ipykernel"])
     ap.add_argument("--tcp", action="store_true", help="loopback TCP instead of ipc")
+    ap.add_argument("--setup", default="x = 0", help="first cell")
+    ap.add_argument("--code", default="x += 1; print(x)", help="the cell measured")
     args = ap.parse_args()
-    global TCP
-    TCP = args.tcp
+    global TCP, SETUP, CODE
+    TCP, SETUP, CODE = args.tcp, args.setup, args.code
     kernels = {
         "native": lambda cf: [os.path.abspath(args.bin), "--kernel", "native", "--no-init", "-f", cf],
         "ipykernel": lambda cf: ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", cf],
@@ -209,8 +218,8 @@ def main():
             r = run_kernel(name, argv_for, args.n, d)
             print(json.dumps(r), flush=True)
             results.append(r)
-    keys = ["cpu_ms_per_execute", "wall_ms_per_execute", "idle_rss_mb", "start_to_kernel_info_s",
-            "start_to_first_execute_s"]
+    keys = ["cpu_ms_per_execute", "wall_ms_per_execute", "idle_rss_mb", "rss_after_run_mb",
+            "start_to_kernel_info_s", "start_to_first_execute_s"]
     print("%-28s" % "" + "".join("%14s" % r["kernel"] for r in results))
     for k in keys:
         print("%-28s" % k + "".join("%14s" % r[k] for r in results))

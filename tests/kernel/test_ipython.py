@@ -289,6 +289,12 @@ def test_comms_with_buffers(k):
     assert opened["content"]["target_name"] == "t" and opened["content"]["data"] == {"a": 1}
     assert [bytes(b) for b in opened["buffers"]] == [b"zz"]
     assert of_type(out, "comm_close")
+    # Code written for ipykernel's Comm class gets this kernel's.
+    reply, out = k.execute("from ipykernel.comm import Comm as IC\n"
+                           "IC(target_name='t2', data={}, buffers=[b'\\x00\\xff'])")
+    assert reply["status"] == "ok", reply
+    opened = of_type(out, "comm_open")[0]
+    assert [bytes(b) for b in opened["buffers"]] == [b"\x00\xff"]
 
 
 def test_pipelined_requests_none_lost(k):

@@ -67,10 +67,12 @@ static void test_bounds(void **state) {
 
 static kq_t *shared;
 static int produced;
+static int items[1000];
 
 static void *producer(void *arg) {
     for (int i = 0; i < 1000; i++) {
-        kq_push(shared, (void *)(intptr_t)(i + 1), 1, true);
+        items[i] = i + 1;
+        kq_push(shared, &items[i], 1, true);
         produced = i + 1;
     }
     return NULL;
@@ -80,14 +82,14 @@ static void test_blocking(void **state) {
     shared = kq_new(3, 0);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, producer, NULL), 0);
-    intptr_t want = 1;
+    int want = 1;
     while (want <= 1000) {
         struct pollfd p = {.fd = kq_fd(shared), .events = POLLIN};
         assert_int_equal(poll(&p, 1, 5000), 1);
         kq_ack(shared);
         void *it;
         while ((it = kq_pop(shared))) {
-            assert_int_equal((intptr_t)it, want);
+            assert_int_equal(*(int *)it, want);
             want++;
         }
     }

@@ -129,9 +129,6 @@ static void test_replies(void **state) {
     j = kmsg_status("busy");
     assert_string_equal(json_string_value(json_object_get(j, "execution_state")), "busy");
     json_decref(j);
-    j = kmsg_comm_info();
-    assert_int_equal(json_object_size(json_object_get(j, "comms")), 0);
-    json_decref(j);
     j = kmsg_shutdown_reply(true);
     assert_true(json_is_true(json_object_get(j, "restart")));
     json_decref(j);
