@@ -301,12 +301,14 @@ static void handle_status(gw_t *gw, http_conn_t *conn) {
     const gw_config_t *cfg = &gw->cfg;
     json_object_set_new(
         res, "limits",
-        json_pack("{s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "worker_cpu", cfg->worker_cpu,
+        json_pack("{s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "worker_cpu", cfg->worker_cpu,
                   "worker_ram_mb", (json_int_t)cfg->worker_ram_mb, "worker_disk_mb",
                   (json_int_t)cfg->worker_disk_mb, "worker_pids", (json_int_t)cfg->worker_pids,
                   "exec_timeout_ms", (json_int_t)cfg->exec_timeout_ms, "idle_timeout_s",
                   (json_int_t)cfg->idle_timeout_s, "max_output_bytes",
-                  (json_int_t)cfg->max_output_bytes, "max_queue", (json_int_t)cfg->max_queue));
+                  (json_int_t)cfg->max_output_bytes, "max_queue", (json_int_t)cfg->max_queue,
+                  "kernel_max_message_mb", (json_int_t)cfg->kernel_max_message_mb,
+                  "kernel_queue_msgs", (json_int_t)cfg->kernel_queue_msgs));
     respond_json(conn, 200, res, NULL);
 }
 

@@ -33,6 +33,13 @@ typedef struct {
     uint32_t uid_base;  /* first worker uid */
     uint32_t uid_count; /* worker uids available (sessions and workers each hold one) */
     uint64_t disk_reserve_mb;
+    /* What one kernel may make the gateway hold: no message above kernel_max_message_mb, and
+     * at most kernel_queue_msgs unread per channel (ZeroMQ counts messages, not bytes), so a
+     * kernel printing faster than the gateway reads costs at most their product. */
+    uint64_t kernel_max_message_mb;
+    uint32_t kernel_queue_msgs;
+    uint64_t heartbeat_ms;     /* heartbeat period */
+    uint32_t heartbeat_misses; /* silent periods in a row before a kernel is declared hung */
 } gw_config_t;
 
 /* Fill defaults, then apply env (getenv_fn may be NULL for the real environment), then argv.

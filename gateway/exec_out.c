@@ -250,6 +250,16 @@ bool exec_out_has_error(const exec_out_t *self) {
     return self->error != NULL;
 }
 
+json_t *exec_out_note_lost(exec_out_t *self, const char *why) {
+    char text[320];
+    snprintf(text, sizeof text, "\n[output lost: %s]\n", why);
+    json_t *content = json_pack("{s:s,s:s}", "name", "stderr", "text", text);
+    json_t *ev = content ? exec_out_feed(self, "stream", content) : NULL;
+    json_decref(content);
+    self->truncated = true;
+    return ev;
+}
+
 bool exec_out_truncated(const exec_out_t *self) {
     return self->truncated;
 }

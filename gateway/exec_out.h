@@ -28,6 +28,10 @@ void exec_out_set_reply(exec_out_t *self, const json_t *reply_content);
 /* Record an error the gateway itself determined (e.g. a timeout with no kernel error). */
 void exec_out_set_error(exec_out_t *self, const char *ename, const char *evalue);
 
+/* Some of the output never reached us (the kernel's iopub connection was dropped): mark the
+ * result truncated and say so on stderr. Returns the stream event for an NDJSON client. */
+json_t *exec_out_note_lost(exec_out_t *self, const char *why);
+
 bool exec_out_has_error(const exec_out_t *self);
 bool exec_out_truncated(const exec_out_t *self);
 

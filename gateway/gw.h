@@ -62,6 +62,15 @@ struct gw_worker {
     loop_watch_t *hb_timer;
     int hb_misses;
     bool hb_outstanding;
+    bool seen_since_tick;          /* any message from the kernel since the last heartbeat tick */
+    zsock_t *mon[JWIRE_NCHANNELS]; /* disconnect monitors (not on heartbeat) */
+    loop_watch_t *mon_watch[JWIRE_NCHANNELS];
+    loop_watch_t *lost_timer; /* a channel closed: declared lost unless the exit comes first */
+    char lost_why[160];
+    int lost_channel;
+    unsigned mon_gen;              /* monitor endpoints are unique per (re)connection */
+    int iopub_drops;               /* iopub reconnections in the current minute */
+    uint64_t iopub_drop_window_ms; /* start of that minute */
 
     launcher_spec_t spec;
     launcher_proc_t proc;
@@ -130,10 +139,13 @@ struct gw_exec {
     bool started;
     bool got_reply;
     bool got_idle;
+    bool got_busy;     /* the kernel started our request: the timeout runs from here */
+    char probe_id[40]; /* a kernel_info sent after ours: its idle stands for our lost one */
     bool timed_out;
     bool session_reset;
-    loop_watch_t *timeout_timer;
+    loop_watch_t *timeout_timer; /* the run's timeout, or the wait for a busy kernel */
     loop_watch_t *grace_timer;
+    loop_watch_t *idle_timer; /* reply came, idle not yet: probe if it stays away */
     uint64_t queued_us;
     uint64_t started_us;
 };
@@ -152,7 +164,8 @@ struct gw_session {
     TAILQ_HEAD(, gw_exec) queue;
     uint32_t nqueued;
     gw_exec_t *running;
-    bool reset_pending; /* the next execution reports session_reset */
+    bool reset_pending;     /* the next execution reports session_reset */
+    char wait_probe_id[40]; /* probe sent while an /execute waits for the kernel to be free */
     bool had_worker;
     uint64_t last_activity_us; /* wall clock, for the Jupyter model */
     uint64_t last_activity_mono_ms;
@@ -210,6 +223,8 @@ void gw_exec_free(gw_exec_t **exec_p);
 
 /* Worker -> session notifications (worker.c calls these). */
 void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w);
+/* The kernel's iopub connection was dropped and reopened: output was lost. */
+void gw_session_on_output_lost(gw_session_t *s, const char *why);
 void gw_session_on_worker_lost(gw_session_t *s, gw_worker_t *w, const char *why);
 void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg);
 

@@ -51,3 +51,8 @@ struct launcher {
 /* Direct fork/exec of ipykernel, unsandboxed. For development and unit tests only. */
 launcher_t *launcher_process_new(void);
 void launcher_destroy(launcher_t **self_p);
+
+/* ipykernel's history in memory, as the native kernel keeps it: an SQLite write per cell on
+ * the user's disk costs about a fifth of ipykernel's CPU per request and keeps nothing that
+ * outlives the kernel's memory state. */
+#define IPYKERNEL_HISTORY_OPT "--HistoryManager.hist_file=:memory:"

@@ -25,6 +25,7 @@ static int proc_start(launcher_t *self, const launcher_spec_t *spec, launcher_pr
     char *argv[] = {(char *)spec->python,
                     "-m",
                     "ipykernel_launcher",
+                    IPYKERNEL_HISTORY_OPT,
                     "-f",
                     (char *)spec->conn_file,
                     NULL,

@@ -262,9 +262,10 @@ static int kernel_argv_make(const launcher_spec_t *spec, char *conn_inside, size
     argv[0] = python;
     argv[1] = "-m";
     argv[2] = "ipykernel_launcher";
-    argv[3] = "-f";
-    argv[4] = conn_inside;
-    argv[5] = NULL;
+    argv[3] = IPYKERNEL_HISTORY_OPT;
+    argv[4] = "-f";
+    argv[5] = conn_inside;
+    argv[6] = NULL;
     return 0;
 }
 

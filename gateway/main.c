@@ -31,15 +31,16 @@ int main(int argc, char **argv) {
         return 1;
     }
     zsys_handler_set(NULL); /* our loop owns SIGINT/SIGTERM */
-    /* Five ZeroMQ sockets per worker plus HTTP connections: ZeroMQ's default of 1024 sockets
-     * (and a 1024 fd soft limit) would be hit near 200 workers, and czmq aborts when a socket
-     * cannot be made. Size both for max_total_workers up front. */
+    /* Per worker five ZeroMQ sockets and four disconnect monitors (two sockets each), plus HTTP
+     * connections: ZeroMQ's default of 1024 sockets (and a 1024 fd soft limit) would be hit near
+     * 200 workers, and czmq aborts when a socket cannot be made. Size both for max_total_workers up
+     * front. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    zsys_set_max_sockets((size_t)cfg.max_total_workers * 6 + 1024);
+    zsys_set_max_sockets((size_t)cfg.max_total_workers * 14 + 1024);
     signal(SIGPIPE, SIG_IGN);
 
     gw_t *gw = NULL;

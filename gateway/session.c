@@ -11,7 +11,8 @@
 
 #include <time.h>
 
-#define EXPIRED_MAX 10000
+#define EXPIRED_MAX  10000
+#define IDLE_LATE_MS 1000 /* after the reply, how long the idle may lag before we probe */
 
 gw_session_t *gw_session_find_user(gw_t *gw, const char *user_uuid) {
     return user_uuid ? zhashx_lookup(gw->by_user, user_uuid) : NULL;
@@ -69,6 +70,7 @@ void gw_exec_free(gw_exec_t **exec_p) {
     if (e->session) {
         loop_watch_del(e->session->gw->loop, &e->timeout_timer);
         loop_watch_del(e->session->gw->loop, &e->grace_timer);
+        loop_watch_del(e->session->gw->loop, &e->idle_timer);
     }
     exec_out_destroy(&e->out);
     free(e->code);
@@ -142,6 +144,31 @@ static void on_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
     e->grace_timer = loop_timer_add(loop, s->gw->cfg.interrupt_grace_ms, 0, on_grace, s);
 }
 
+/* A kernel_info_request queued on shell behind everything sent so far: the kernel publishes
+ * its busy and idle after those of every earlier request, so its idle proves theirs are
+ * past, even if they were lost on the way. */
+static void send_probe(gw_session_t *s, char *probe_id, size_t len) {
+    jwire_msg_t *m = s->worker ? gw_worker_msg(s->worker, "kernel_info_request", NULL) : NULL;
+    if (!m)
+        return;
+    snprintf(probe_id, len, "%s", jwire_msg_id(m));
+    gw_worker_send(s->worker, JWIRE_SHELL, m);
+    jwire_msg_destroy(&m);
+}
+
+static void on_wait_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_exec_t *e = arg;
+    gw_session_t *s = e->session;
+    loop_watch_del(loop, &e->timeout_timer);
+    TAILQ_REMOVE(&s->queue, e, link);
+    s->nqueued--;
+    record_outcome(s->gw, e, OUTCOME_REJECTED);
+    gw_api_exec_done(e, 503, "kernel busy",
+                     "another client's execution kept the kernel busy for --acquire-timeout-ms; "
+                     "the code was not run");
+    gw_exec_free(&e);
+}
+
 static void pump(gw_session_t *s) {
     gw_t *gw = s->gw;
     if (s->running || TAILQ_EMPTY(&s->queue) || s->released)
@@ -151,6 +178,18 @@ static void pump(gw_session_t *s) {
         return;
     }
     gw_exec_t *e = TAILQ_FIRST(&s->queue);
+    if (streq(s->execution_state, "busy")) {
+        /* A Jupyter client's cell is running: ours waits here, as long as for a worker, not
+         * in the kernel's queue, so its timeout never interrupts their work. The probe's
+         * idle wakes us even if the idle that ends their cell goes missing. */
+        if (!e->timeout_timer) {
+            e->timeout_timer =
+                loop_timer_add(gw->loop, gw->cfg.acquire_timeout_ms, 0, on_wait_timeout, e);
+            send_probe(s, s->wait_probe_id, sizeof s->wait_probe_id);
+        }
+        return;
+    }
+    loop_watch_del(gw->loop, &e->timeout_timer);
     TAILQ_REMOVE(&s->queue, e, link);
     s->nqueued--;
     s->running = e;
@@ -223,11 +262,43 @@ static void maybe_finish(gw_session_t *s) {
     pump(s);
 }
 
+void gw_session_on_output_lost(gw_session_t *s, const char *why) {
+    gw_exec_t *e = s->running;
+    if (!e || !s->worker)
+        return;
+    json_t *ev = exec_out_note_lost(e->out, why);
+    if (ev && e->stream && e->conn)
+        gw_api_exec_event(e, ev);
+    json_decref(ev);
+    if (!e->probe_id[0])
+        send_probe(s, e->probe_id, sizeof e->probe_id); /* our idle may be among the lost */
+}
+
+/* The reply is in but the idle that should follow at once is not: under an output flood the
+ * kernel's iopub can drop it. Ask for a later idle rather than wait for the timeout. */
+static void on_idle_late(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_session_t *s = arg;
+    gw_exec_t *e = s->running;
+    if (!e)
+        return;
+    loop_watch_del(loop, &e->idle_timer);
+    if (!e->probe_id[0])
+        send_probe(s, e->probe_id, sizeof e->probe_id);
+}
+
 void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg) {
+    bool now_idle = false;
     if (ch == JWIRE_IOPUB && streq(jwire_msg_type(msg), "status")) {
         const char *st = json_string_value(json_object_get(msg->content, "execution_state"));
         if (st && strlen(st) < sizeof s->execution_state)
             snprintf(s->execution_state, sizeof s->execution_state, "%s", st);
+        /* After a wait probe's idle nothing sent before it is still running. */
+        if (s->wait_probe_id[0] && streq(jwire_msg_parent_id(msg), s->wait_probe_id) &&
+            streq(st, "idle")) {
+            s->wait_probe_id[0] = '\0';
+            snprintf(s->execution_state, sizeof s->execution_state, "idle");
+        }
+        now_idle = streq(s->execution_state, "idle");
         s->last_activity_us = now_wall_us();
     }
     /* Every iopub message goes to the session's WebSocket clients, /execute's own included:
@@ -235,14 +306,31 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
     if (s->nclients)
         gw_channels_dispatch(s, ch, msg);
     gw_exec_t *e = s->running;
+    if (e && e->probe_id[0] && ch == JWIRE_IOPUB && streq(jwire_msg_parent_id(msg), e->probe_id) &&
+        streq(jwire_msg_type(msg), "status") &&
+        streq(json_string_value(json_object_get(msg->content, "execution_state")), "idle")) {
+        e->got_idle = true;
+        jwire_msg_destroy(&msg);
+        maybe_finish(s);
+        return;
+    }
     if (e && streq(jwire_msg_parent_id(msg), e->msg_id)) {
         const char *type = jwire_msg_type(msg);
         if (ch == JWIRE_IOPUB) {
             if (streq(type, "status")) {
                 const char *st =
                     json_string_value(json_object_get(msg->content, "execution_state"));
-                if (streq(st, "idle"))
+                if (streq(st, "idle")) {
                     e->got_idle = true;
+                } else if (streq(st, "busy") && !e->got_busy) {
+                    /* The run starts now, whatever waited ahead of it in the kernel. */
+                    e->got_busy = true;
+                    if (e->timeout_timer && !e->timed_out) {
+                        loop_watch_del(s->gw->loop, &e->timeout_timer);
+                        e->timeout_timer =
+                            loop_timer_add(s->gw->loop, e->timeout_ms, 0, on_timeout, s);
+                    }
+                }
             } else {
                 json_t *ev = exec_out_feed(e->out, type, msg->content);
                 if (ev && e->stream && e->conn)
@@ -252,12 +340,16 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
         } else if (ch == JWIRE_SHELL && streq(type, "execute_reply")) {
             exec_out_set_reply(e->out, msg->content);
             e->got_reply = true;
+            if (!e->got_idle && !e->idle_timer)
+                e->idle_timer = loop_timer_add(s->gw->loop, IDLE_LATE_MS, 0, on_idle_late, s);
         }
         jwire_msg_destroy(&msg);
         maybe_finish(s);
         return;
     }
     jwire_msg_destroy(&msg);
+    if (now_idle && !s->running)
+        pump(s); /* an /execute may be waiting for a Jupyter client's cell to end */
 }
 
 void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
@@ -385,9 +477,11 @@ void gw_session_on_worker_lost(gw_session_t *s, gw_worker_t *w, const char *why)
         s->running->session_reset = true;
         s->reset_pending = true;
         exec_out_set_error(s->running->out, "KernelDied", why);
-        finish_running(s, 503, "kernel died",
-                       "the kernel exited during the execution; the session was reset",
-                       OUTCOME_DIED);
+        char detail[256];
+        snprintf(detail, sizeof detail,
+                 "the kernel was lost during the execution (%s); the session was reset",
+                 why ? why : "unknown");
+        finish_running(s, 503, "kernel died", detail, OUTCOME_DIED);
     }
     if (s->nclients) {
         /* Jupyter clients expect the kernel to come back by itself, as with auto-restart. */

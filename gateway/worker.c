@@ -17,20 +17,29 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-#define HB_INTERVAL_MS   5000
-#define HB_MAX_MISSES    3
 #define NUDGE_MS         200
-#define KERNEL_MAX_MSG   (64u << 20)
 #define KERNEL_MAX_FRAMS 256
+/* A channel's connection closing first and the process exit following is the usual order
+ * when a kernel dies; wait this long for the exit so the reason given is the right one. */
+#define CHANNEL_LOST_GRACE_MS 300
+#define IOPUB_REOPENS_PER_MIN 10 /* beyond this the kernel does it on purpose: it is lost */
 
-static const jwire_limits_t kernel_limits = {.max_bytes = KERNEL_MAX_MSG,
-                                             .max_frames = KERNEL_MAX_FRAMS};
+static jwire_limits_t kernel_limits(const gw_t *gw) {
+    return (jwire_limits_t){.max_bytes = (size_t)gw->cfg.kernel_max_message_mb << 20,
+                            .max_frames = KERNEL_MAX_FRAMS};
+}
+
+/* Monitors first: a socket's own close must not read as the kernel's channel closing. */
+static void close_channel(gw_worker_t *w, int c);
+
+static void close_channels(gw_worker_t *w) {
+    for (int c = 0; c < JWIRE_NCHANNELS; c++)
+        close_channel(w, c);
+    loop_watch_del(w->gw->loop, &w->lost_timer);
+}
 
 static void worker_free(gw_worker_t *w) {
-    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
-        loop_watch_del(w->gw->loop, &w->watch[c]);
-        zsock_destroy(&w->sock[c]);
-    }
+    close_channels(w);
     loop_watch_del(w->gw->loop, &w->pid_watch);
     loop_watch_del(w->gw->loop, &w->start_timer);
     loop_watch_del(w->gw->loop, &w->nudge_timer);
@@ -151,10 +160,16 @@ static void on_hb_timer(loop_t *loop, loop_watch_t *t, void *arg) {
     gw_worker_t *w = arg;
     if (w->state != WORKER_READY)
         return;
-    if (w->hb_outstanding && ++w->hb_misses >= HB_MAX_MISSES) {
+    /* A kernel is hung only if it answers neither pings nor anything else for the whole
+     * window: on a saturated machine a busy kernel's pong can be late, its output is not. */
+    if (w->hb_outstanding && !w->seen_since_tick &&
+        ++w->hb_misses >= (int)w->gw->cfg.heartbeat_misses) {
         worker_died(w, "heartbeat lost");
         return;
     }
+    if (w->seen_since_tick)
+        w->hb_misses = 0;
+    w->seen_since_tick = false;
     if (w->hb_outstanding)
         return; /* a DEALER could queue another ping, but one in flight is enough */
     zmsg_t *m = zmsg_new();
@@ -173,6 +188,7 @@ static void on_hb(gw_worker_t *w, zsock_t *sock) {
     zmsg_destroy(&m);
     w->hb_outstanding = false;
     w->hb_misses = 0;
+    w->seen_since_tick = true;
 }
 
 static void handle_msg(gw_worker_t *w, jwire_channel_t ch, jwire_msg_t *msg) {
@@ -207,9 +223,11 @@ static void on_sock(loop_t *loop, loop_watch_t *watch, void *sock, void *arg) {
         return;
     }
     jwire_msg_t *msg = NULL;
-    int r = jwire_msg_recv(sock, w->signer, w->replay, &kernel_limits, &msg);
+    jwire_limits_t limits = kernel_limits(w->gw);
+    int r = jwire_msg_recv(sock, w->signer, w->replay, &limits, &msg);
     if (r == -EAGAIN)
         return;
+    w->seen_since_tick = true;
     if (r < 0) {
         log_warn("worker", "rejected kernel message", "{s:s,s:s,s:s}", "worker", w->id, "channel",
                  jwire_channel_name(ch), "error", strerror(-r));
@@ -231,33 +249,124 @@ static void on_start_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
     worker_died(w, "start timed out");
 }
 
-static int connect_channels(gw_worker_t *w) {
+static int open_channel(gw_worker_t *w, int c);
+
+static void close_channel(gw_worker_t *w, int c) {
+    loop_watch_del(w->gw->loop, &w->mon_watch[c]);
+    zsock_destroy(&w->mon[c]);
+    loop_watch_del(w->gw->loop, &w->watch[c]);
+    zsock_destroy(&w->sock[c]);
+}
+
+/* iopub is lossy in Jupyter anyway: a kernel whose iopub connection was dropped (an output
+ * message over the size limit) gets a fresh one, checked like the first, and the execution
+ * running then is told its output is incomplete. Any other channel lost means the kernel. */
+static void on_lost_timer(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_worker_t *w = arg;
+    loop_watch_del(loop, &w->lost_timer);
+    uint64_t now = now_mono_ms();
+    if (now - w->iopub_drop_window_ms > 60000) {
+        w->iopub_drop_window_ms = now;
+        w->iopub_drops = 0;
+    }
+    if (w->lost_channel == JWIRE_IOPUB && w->state == WORKER_READY &&
+        ++w->iopub_drops <= IOPUB_REOPENS_PER_MIN) {
+        close_channel(w, JWIRE_IOPUB);
+        int r = wait_for_sockets(w, 0);
+        if (r >= 0)
+            r = open_channel(w, JWIRE_IOPUB);
+        if (r >= 0) {
+            log_warn("worker", "kernel output dropped; iopub reconnected", "{s:s,s:s}", "worker",
+                     w->id, "reason", w->lost_why);
+            if (w->session)
+                gw_session_on_output_lost(w->session, w->lost_why);
+            return;
+        }
+    }
+    worker_died(w, w->lost_why);
+}
+
+/* ZeroMQ drops a connection whose peer sent a message over ZMQ_MAXMSGSIZE (or broke the
+ * protocol), and with reconnection off (see the top) that channel stays gone while the
+ * heartbeat still answers: act now rather than at a timeout. */
+static void on_monitor(loop_t *loop, loop_watch_t *watch, void *sock, void *arg) {
+    gw_worker_t *w = arg;
+    zmsg_t *m = zmsg_recv_nowait(sock);
+    if (!m)
+        return;
+    zframe_t *f = zmsg_first(m);
+    uint16_t event = 0;
+    if (f && zframe_size(f) >= sizeof event)
+        memcpy(&event, zframe_data(f), sizeof event);
+    zmsg_destroy(&m);
+    if (event != ZMQ_EVENT_DISCONNECTED || w->lost_timer || w->state == WORKER_STOPPING)
+        return;
+    int c = 0;
+    while (c < JWIRE_NCHANNELS && w->mon[c] != sock)
+        c++;
+    if (c == JWIRE_NCHANNELS)
+        return;
+    w->lost_channel = c;
+    snprintf(w->lost_why, sizeof w->lost_why,
+             "the kernel's %s connection closed: a message over --kernel-max-message-mb=%" PRIu64
+             " or a protocol error",
+             jwire_channel_name((jwire_channel_t)c), w->gw->cfg.kernel_max_message_mb);
+    /* The usual cause is the kernel exiting; its pidfd then fires first and names it. */
+    w->lost_timer = loop_timer_add(loop, CHANNEL_LOST_GRACE_MS, 0, on_lost_timer, w);
+}
+
+static int watch_disconnects(gw_worker_t *w, int c) {
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://kbox-mon-%s-%d-%u", w->id, c, w->mon_gen++);
+    if (zmq_socket_monitor(zsock_resolve(w->sock[c]), ep, ZMQ_EVENT_DISCONNECTED) < 0)
+        return -errno;
+    w->mon[c] = zsock_new(ZMQ_PAIR);
+    if (!w->mon[c])
+        return -ENOMEM;
+    if (zsock_connect(w->mon[c], "%s", ep) < 0)
+        return -ECONNREFUSED;
+    w->mon_watch[c] = loop_zmq_add(w->gw->loop, w->mon[c], on_monitor, w);
+    return w->mon_watch[c] ? 0 : -ENOMEM;
+}
+
+static int open_channel(gw_worker_t *w, int c) {
     static const int types[JWIRE_NCHANNELS] = {ZMQ_DEALER, ZMQ_SUB, ZMQ_DEALER, ZMQ_DEALER,
                                                ZMQ_DEALER};
+    char ep[PATH_MAX + 16];
+    int r = jwire_conn_endpoint(&w->conn, (jwire_channel_t)c, ep, sizeof ep);
+    if (r < 0)
+        return r;
+    zsock_t *s = zsock_new(types[c]);
+    if (!s)
+        return -ENOMEM;
+    w->sock[c] = s;
+    zsock_set_linger(s, 0);
+    zsock_set_maxmsgsize(s, (int64_t)(w->gw->cfg.kernel_max_message_mb << 20));
+    zsock_set_reconnect_ivl(s, -1);
+    /* Messages waiting for us are bounded here; past it ZeroMQ stops reading the socket and
+     * the back-pressure reaches the kernel, inside its own memory limit. */
+    zsock_set_rcvhwm(s, (int)w->gw->cfg.kernel_queue_msgs);
+    zsock_set_sndhwm(s, 1000);
+    zsock_set_sndtimeo(s, 0); /* a stuck kernel must never stall the loop */
+    if (c == JWIRE_SHELL || c == JWIRE_STDIN)
+        zsock_set_identity(s, w->zsession); /* stdin requests are routed to our shell id */
+    if (c == JWIRE_IOPUB)
+        zsock_set_subscribe(s, "");
+    if (c != JWIRE_HB && (r = watch_disconnects(w, c)) < 0)
+        return r;
+    if (zsock_connect(s, "%s", ep) < 0)
+        return -ECONNREFUSED;
+    w->watch[c] = loop_zmq_add(w->gw->loop, s, on_sock, w);
+    if (!w->watch[c])
+        return -errno ? -errno : -ENOMEM;
+    return 0;
+}
+
+static int connect_channels(gw_worker_t *w) {
     for (int c = 0; c < JWIRE_NCHANNELS; c++) {
-        char ep[PATH_MAX + 16];
-        int r = jwire_conn_endpoint(&w->conn, (jwire_channel_t)c, ep, sizeof ep);
+        int r = open_channel(w, c);
         if (r < 0)
             return r;
-        zsock_t *s = zsock_new(types[c]);
-        if (!s)
-            return -ENOMEM;
-        w->sock[c] = s;
-        zsock_set_linger(s, 0);
-        zsock_set_maxmsgsize(s, (int64_t)KERNEL_MAX_MSG);
-        zsock_set_reconnect_ivl(s, -1);
-        zsock_set_rcvhwm(s, 100000);
-        zsock_set_sndhwm(s, 100000);
-        zsock_set_sndtimeo(s, 0); /* a stuck kernel must never stall the loop */
-        if (c == JWIRE_SHELL || c == JWIRE_STDIN)
-            zsock_set_identity(s, w->zsession); /* stdin requests are routed to our shell id */
-        if (c == JWIRE_IOPUB)
-            zsock_set_subscribe(s, "");
-        if (zsock_connect(s, "%s", ep) < 0)
-            return -ECONNREFUSED;
-        w->watch[c] = loop_zmq_add(w->gw->loop, s, on_sock, w);
-        if (!w->watch[c])
-            return -errno ? -errno : -ENOMEM;
     }
     return 0;
 }
@@ -342,7 +451,8 @@ static void launch_done(loop_t *loop, void *arg) {
     }
     send_kernel_info(w);
     w->nudge_timer = loop_timer_add(loop, NUDGE_MS, NUDGE_MS, on_nudge, w);
-    w->hb_timer = loop_timer_add(loop, HB_INTERVAL_MS, HB_INTERVAL_MS, on_hb_timer, w);
+    w->hb_timer =
+        loop_timer_add(loop, w->gw->cfg.heartbeat_ms, w->gw->cfg.heartbeat_ms, on_hb_timer, w);
 }
 
 int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
@@ -499,10 +609,7 @@ void gw_worker_destroy(gw_worker_t *w, const char *reason) {
         w->doomed = true;
         return;
     }
-    for (int c = 0; c < JWIRE_NCHANNELS; c++) {
-        loop_watch_del(gw->loop, &w->watch[c]);
-        zsock_destroy(&w->sock[c]);
-    }
+    close_channels(w);
     loop_watch_del(gw->loop, &w->start_timer);
     loop_watch_del(gw->loop, &w->nudge_timer);
     loop_watch_del(gw->loop, &w->hb_timer);

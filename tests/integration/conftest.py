@@ -18,7 +18,7 @@ import requests
 
 GATEWAY_BIN = os.environ.get("KBOX_GATEWAY_BIN", "")
 LAUNCHER = os.environ.get("KBOX_TEST_LAUNCHER", "runc")
-KERNEL = os.environ.get("KBOX_TEST_KERNEL", "ipykernel")
+KERNEL = os.environ.get("KBOX_TEST_KERNEL", "native")
 
 
 def free_port():

@@ -154,6 +154,25 @@ def test_kernel_kill9_gives_503_and_fresh_session(gw):
     assert r.json()["session_reset"] is True
 
 
+def test_frozen_kernel_is_found_by_heartbeat(make_gateway):
+    # SIGSTOP freezes every thread of the kernel, heartbeat included, and no exit is seen:
+    # only the heartbeat can tell, well before the execution's own 60 s timeout.
+    g = make_gateway(["--min-idle-workers", "1", "--heartbeat-ms", "300",
+                      "--heartbeat-misses", "3"]).start()
+    u = uid()
+    assert g.execute(u, "kept = 1").status_code == 200
+    t0 = time.time()
+    r = g.execute(u, "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)", timeout_ms=60000)
+    assert r.status_code == 503, r.text
+    assert "heartbeat lost" in r.json()["detail"]
+    assert time.time() - t0 < 20
+    r = g.execute(u, "print('kept' in dir())")
+    assert r.json()["stdout"] == "False\n" and r.json()["session_reset"] is True
+    # A busy kernel is not a frozen one: five seconds of pure-Python work keep the session.
+    r = g.execute(u, "import time\nt = time.time() + 5\nwhile time.time() < t: pass\nprint('ok')")
+    assert r.json()["stdout"] == "ok\n" and r.json()["session_reset"] is False
+
+
 def test_os_exit_gives_503(gw):
     u = uid()
     r = gw.execute(u, "import os\nos._exit(3)")

@@ -344,6 +344,52 @@ def test_execute_session_visible_over_channels(gw):
     assert api(gw, "GET", f"/api/kernels/{kid}").status_code == 404
 
 
+def test_execute_waits_for_a_channels_cell_without_interrupting_it(make_gateway):
+    """An /execute sent while a person's cell runs in the same kernel: its timeout counts from
+    when its own code starts, and it never interrupts the person's cell."""
+    gw = g = make_gateway(["--min-idle-workers", "1", "--acquire-timeout-ms", "6000"]).start()
+    u = uid()
+    kid = gw.execute(u, "import time").json()["kernel_id"]
+    c = ws(gw, kid)
+    c.nudge()
+    cell = c.send("shell", "execute_request", {"code": "time.sleep(4); print('cell done')",
+                                               "silent": False, "store_history": True,
+                                               "user_expressions": {}, "allow_stdin": False,
+                                               "stop_on_error": True})
+    c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
+               m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "busy",
+               what="the cell's busy")
+    # 2.5 s of timeout is shorter than the cell's remaining run: counted from the send, the
+    # agent's request would time out and interrupt the person's cell.
+    t0 = time.time()
+    r = gw.execute(u, "print('agent ran')", timeout_ms=2500)
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "agent ran\n" and r.json()["timed_out"] is False
+    assert time.time() - t0 > 2.0  # it did wait for the cell
+    reply = c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
+                       m["header"]["msg_type"] == "execute_reply", what="the cell's reply")
+    assert reply["content"]["status"] == "ok"
+    # A cell longer than a request may wait for a worker (--acquire-timeout-ms, 6 s here):
+    # the agent gets a 503 and its code never runs; the cell is not interrupted.
+    cell = c.send("shell", "execute_request", {"code": "time.sleep(9); print('cell 2 done')",
+                                               "silent": False, "store_history": True,
+                                               "user_expressions": {}, "allow_stdin": False,
+                                               "stop_on_error": True})
+    c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
+               m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "busy",
+               what="the second cell's busy")
+    r = g.execute(u, "agent_ran_late = True", timeout_ms=1000)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "kernel busy" and r.headers.get("Retry-After")
+    reply = c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
+                       m["header"]["msg_type"] == "execute_reply", what="the second cell's reply")
+    assert reply["content"]["status"] == "ok"
+    r = gw.execute(u, "print('agent_ran_late' in dir())")
+    assert r.json()["stdout"] == "False\n"
+    c.close()
+    gw.release(u)
+
+
 def test_interrupt_and_restart_over_the_channels(gw):
     kid = new_kernel(gw)
     c = ws(gw, kid)

@@ -31,6 +31,66 @@ def test_output_cap_truncates_text_keeps_images_whole(make_gateway):
     assert "text survives" in body["stdout"]
 
 
+def _peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+# 960 rich outputs of 256 KiB published as fast as the kernel can (display() is not
+# coalesced the way print is): 240 MiB in all, more than the gateway decodes in that time.
+FLOOD = ("from IPython.display import display\n"
+         "for i in range(960):\n"
+         "    display({'text/plain': 'z' * 262144}, raw=True)\n"
+         "print('flood done')\n")
+
+
+def test_kernel_output_flood_bounds_gateway_memory(make_gateway):
+    g = make_gateway(["--min-idle-workers", "1", "--max-output-bytes", "65536",
+                      "--kernel-queue-msgs", os.environ.get("KBOX_TEST_QUEUE_MSGS", "16")]).start()
+    u = uid()
+    assert g.execute(u, "x = 41").status_code == 200
+    base = _peak_rss_mb(g.proc.pid)
+    r = g.execute(u, FLOOD)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["truncated"] is True and "flood done" in body["stdout"]
+    # At most 16 queued messages of 256 KiB, plus decoding: far below the 240 MiB sent.
+    grew = _peak_rss_mb(g.proc.pid) - base
+    print(f"gateway peak RSS grew {grew:.1f} MiB")
+    assert grew < 48, f"gateway peak RSS grew {grew:.0f} MiB during the flood"
+    assert g.execute(u, "print(x + 1)").json()["stdout"] == "42\n"
+    assert g.status()["limits"]["kernel_queue_msgs"] == 16
+
+
+def test_oversized_kernel_message_loses_output_not_session(make_gateway):
+    g = make_gateway(["--min-idle-workers", "1", "--kernel-max-message-mb", "1"]).start()
+    u = uid()
+    assert g.execute(u, "x = 41").status_code == 200
+    code = ("import time\nfrom IPython.display import display\n"
+            "display({'text/plain': 'z' * (3 << 20)}, raw=True)\n"
+            "time.sleep(1.5)\nprint('after')\n")
+    r = g.execute(u, code, timeout_ms=30000)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["truncated"] is True
+    assert "[output lost:" in body["stderr"] and "kernel-max-message-mb=1" in body["stderr"]
+    assert "after" in body["stdout"]
+    assert body["session_reset"] is False
+    # The session and its state live on, and iopub flows again.
+    r = g.execute(u, "print(x + 1)")
+    assert r.json()["stdout"] == "42\n" and r.json()["session_reset"] is False
+    # A kernel that keeps doing it is replaced rather than reconnected forever.
+    r = g.execute(u, "for _ in range(15):\n    display({'text/plain': 'z' * (3 << 20)}, raw=True)\n"
+                     "    time.sleep(0.5)\n", timeout_ms=60000)
+    assert r.status_code == 503, r.text
+    assert "kernel-max-message-mb" in r.json()["detail"]
+    r = g.execute(u, "print('fresh')")
+    assert r.json()["stdout"] == "fresh\n" and r.json()["session_reset"] is True
+
+
 def test_queue_limit_429(make_gateway):
     g = make_gateway(["--min-idle-workers", "1", "--max-queue", "2"]).start()
     u = uid()

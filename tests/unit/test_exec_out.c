@@ -122,6 +122,24 @@ static void test_clear_and_update(void **state) {
     exec_out_destroy(&o);
 }
 
+static void test_note_lost(void **state) {
+    exec_out_t *o = exec_out_new(1 << 20);
+    feed(o, "stream", "{\"name\":\"stdout\",\"text\":\"before\\n\"}");
+    assert_false(exec_out_truncated(o));
+    json_t *ev = exec_out_note_lost(o, "iopub closed");
+    assert_non_null(ev);
+    assert_string_equal(json_string_value(json_object_get(ev, "type")), "stream");
+    json_decref(ev);
+    feed(o, "stream", "{\"name\":\"stdout\",\"text\":\"after\\n\"}");
+    json_t *s = exec_out_summary(o, false);
+    assert_true(json_is_true(json_object_get(s, "truncated")));
+    assert_string_equal(json_string_value(json_object_get(s, "stdout")), "before\nafter\n");
+    assert_string_equal(json_string_value(json_object_get(s, "stderr")),
+                        "\n[output lost: iopub closed]\n");
+    json_decref(s);
+    exec_out_destroy(&o);
+}
+
 static void test_ignores_garbage(void **state) {
     exec_out_t *o = exec_out_new(1 << 20);
     feed(o, "stream", "{\"name\":\"bogus\",\"text\":\"x\"}");
@@ -140,6 +158,7 @@ int main(void) {
         cmocka_unit_test(test_order_and_views),  cmocka_unit_test(test_error_strips_ansi),
         cmocka_unit_test(test_text_cap),         cmocka_unit_test(test_image_dropped_whole),
         cmocka_unit_test(test_clear_and_update), cmocka_unit_test(test_ignores_garbage),
+        cmocka_unit_test(test_note_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
