@@ -131,9 +131,13 @@ static void worker_died(gw_worker_t *w, const char *why) {
     if (s) {
         w->session = NULL;
         s->worker = NULL;
-        gw_session_on_worker_lost(s, w, why);
     }
+    /* Destroy first: it marks the session's disk busy until this worker has let go of it, so
+     * the replacement the session asks for next waits instead of finding it still mounted.
+     * w stays allocated (stopping) until its cleanup has run, and why may point into it. */
     gw_worker_destroy(w, why);
+    if (s)
+        gw_session_on_worker_lost(s, w, why);
 }
 
 static void check_ready(gw_worker_t *w) {
@@ -252,6 +256,11 @@ static void on_start_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
 static int open_channel(gw_worker_t *w, int c);
 
 static void close_channel(gw_worker_t *w, int c) {
+    /* Stop the monitor before closing our end of it: libzmq's I/O thread sends monitor events
+     * with a blocking send, and one sent to a monitor whose reader is gone stalls that thread,
+     * and with it every ZeroMQ connection of the gateway. */
+    if (w->mon[c] && w->sock[c])
+        zmq_socket_monitor(zsock_resolve(w->sock[c]), NULL, 0);
     loop_watch_del(w->gw->loop, &w->mon_watch[c]);
     zsock_destroy(&w->mon[c]);
     loop_watch_del(w->gw->loop, &w->watch[c]);

@@ -36,6 +36,7 @@
 #include "loop.h"
 #include "util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -59,8 +60,10 @@
 #define KIO_GAP_US        2000 /* between a request's last output, its reply and its idle */
 #define KQ_REQ_CAP        (KIO_MAX_PENDING + 16)
 #define KQ_STDIN_CAP      16u
-#define KQ_OUT_CAP        8192u
-#define KQ_OUT_BYTES      ((size_t)64 * 1024 * 1024)
+#define KQ_OUT_CAP        1024u
+#define KQ_OUT_BYTES      ((size_t)16 * 1024 * 1024)
+#define KIO_IOPUB_HWM     256 /* iopub messages libzmq holds per subscriber (SNDHWM) */
+#define KIO_IOPUB_RETRY   50u /* ms: blocked iopub is retried this often anyway */
 
 static const jwire_limits_t limits = {.max_bytes = (size_t)KIO_MAX_MSG, .max_frames = 64};
 static const char *const stream_names[2] = {"stdout", "stderr"};
@@ -160,6 +163,7 @@ typedef struct {
     atomic_uint py_pending; /* requests read and not yet answered (their idle not sent) */
     atomic_bool py_ready;
     bool shutting_down;
+    bool iopub_blocked; /* a subscriber's queue is full: out_q waits (see iopub_block) */
     uint64_t msg_count;
     char msgid_prefix[64];
     json_t *empty; /* {} for messages without metadata or parent */
@@ -171,6 +175,7 @@ typedef struct {
     int takeover_fd, exit_fd;
     bool pipe_paused[2];
     bool shell_paused;
+    loop_watch_t *iopub_watch, *iopub_timer; /* while iopub_blocked, owner IO */
     uint64_t last_flush_us;
     loop_watch_t *gap_watch;
     int gap_fd;
@@ -198,12 +203,12 @@ static void timer_set(int fd, long usec) {
 
 /* ---- sending (sock_mu held) ---------------------------------------------------------------- */
 
-/* Sends one message. content and metadata are stolen (NULL: {}); parent, ids and buffers
- * borrowed. */
-static int io_send_bufs(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
-                        zmsg_t *ids, json_t *content, json_t *metadata, zmsg_t *buffers) {
+/* Sends one message; everything borrowed (content, metadata NULL: {}). -EAGAIN on iopub:
+ * a subscriber's queue is full (ZMQ_XPUB_NODROP, send timeout 0) and nothing was sent. */
+static int io_send_msg(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
+                       zmsg_t *ids, json_t *content, json_t *metadata, zmsg_t *buffers) {
     char id[96], date[32];
-    snprintf(id, sizeof id, "%s%llu", io->msgid_prefix, (unsigned long long)++io->msg_count);
+    snprintf(id, sizeof id, "%s%llu", io->msgid_prefix, (unsigned long long)io->msg_count + 1);
     jwire_now_iso8601(date);
     jwire_msg_t m = {
         .ids = ids,
@@ -217,8 +222,8 @@ static int io_send_bufs(kio_t *io, jwire_channel_t ch, const char *msg_type, jso
     };
     int r = m.header ? jwire_msg_send(&m, io->signer, io->sock[ch]) : -ENOMEM;
     json_decref(m.header);
-    json_decref(content);
-    json_decref(metadata);
+    if (r == 0)
+        io->msg_count++;
     /* A send can swallow the ZMQ_FD edge that announced input: the I/O thread's loop
      * re-checks; the Python thread always checks ZMQ_EVENTS before it sleeps. */
     if (io->watch[ch] && atomic_load(&io->owner) == OWNER_IO)
@@ -229,9 +234,26 @@ static int io_send_bufs(kio_t *io, jwire_channel_t ch, const char *msg_type, jso
     return r;
 }
 
-static int io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent, zmsg_t *ids,
-                   json_t *content, json_t *metadata) {
-    return io_send_bufs(io, ch, msg_type, parent, ids, content, metadata, NULL);
+static void iopub_block(kio_t *io);
+
+/* Sends a message the kernel host makes itself (content and metadata stolen). One for iopub
+ * goes through out_q when iopub is blocked (or turns out to be): never lost, never ahead of
+ * what is waiting there. */
+static void io_send(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
+                    zmsg_t *ids, json_t *content, json_t *metadata) {
+    if (ch == JWIRE_IOPUB &&
+        (io->iopub_blocked ||
+         io_send_msg(io, ch, msg_type, parent, ids, content, metadata, NULL) == -EAGAIN)) {
+        kout_t *it = kout_new(KOUT_MSG, ch, msg_type, parent, NULL, content, metadata, 0);
+        if (it)
+            kq_push_force(io->sh->out_q, it, 256);
+        iopub_block(io);
+        return;
+    }
+    if (ch != JWIRE_IOPUB)
+        (void)io_send_msg(io, ch, msg_type, parent, ids, content, metadata, NULL);
+    json_decref(content);
+    json_decref(metadata);
 }
 
 /* ---- output streams ------------------------------------------------------------------------ */
@@ -302,8 +324,8 @@ void kout_publish_ordered(kshared_t *sh, kout_t *it, size_t bytes) {
 static _Noreturn void finish(kio_t *io);
 static void shell_pause_update(kio_t *io);
 
-/* One item from out_q (sock_mu held). */
-static void handle_out(kio_t *io, kout_t *it) {
+/* One item from out_q (sock_mu held): 0, or -EAGAIN when iopub is full (the item is kept). */
+static int handle_out(kio_t *io, kout_t *it) {
     switch (it->kind) {
     case KOUT_PY_READY:
         atomic_store(&io->py_ready, true);
@@ -311,8 +333,10 @@ static void handle_out(kio_t *io, kout_t *it) {
              (json_int_t)((now_mono_us() - io->sh->start_us) / 1000));
         break;
     case KOUT_MSG:
-        io_send_bufs(io, it->ch, it->msg_type, it->parent, it->ids, TAKE_PTR(it->content),
-                     TAKE_PTR(it->metadata), it->buffers);
+        if (io_send_msg(io, it->ch, it->msg_type, it->parent, it->ids, it->content, it->metadata,
+                        it->buffers) == -EAGAIN &&
+            it->ch == JWIRE_IOPUB)
+            return -EAGAIN;
         if (it->flags & KOUT_F_REQUEST_DONE) {
             unsigned p = atomic_load(&io->py_pending);
             while (p > 0 && !atomic_compare_exchange_weak(&io->py_pending, &p, p - 1))
@@ -323,6 +347,7 @@ static void handle_out(kio_t *io, kout_t *it) {
         break;
     }
     kout_free(it);
+    return 0;
 }
 
 /* Shell and iopub are two sockets: nothing orders a reply against the status and output
@@ -342,16 +367,83 @@ static bool needs_gap(kio_t *io, const kout_t *it) {
     return (it->flags & KOUT_F_REQUEST_DONE) && io->last_ch == JWIRE_SHELL;
 }
 
+/* ---- iopub back-pressure -------------------------------------------------------------------
+ *
+ * iopub is a PUB with ZMQ_XPUB_NODROP, a bounded SNDHWM and a send timeout of 0: when a
+ * subscriber (the gateway, which reads at its client's pace) has KIO_IOPUB_HWM messages
+ * queued, a send fails with EAGAIN instead of dropping (with no subscriber at all, messages
+ * go nowhere, as before). The message stays at the head of out_q and iopub is *blocked*:
+ *   - the I/O thread owns the sockets (the Python thread asks it to take over) and waits
+ *     for libzmq's ZMQ_FD (the mailbox that carries the reader's progress) or a retry timer,
+ *     with sock_mu released: heartbeat, control and stdin are served meanwhile;
+ *   - the pipes behind fds 1 and 2 are no longer read, so they fill and user code's writes
+ *     block (the Python thread waits in write(), where SIGINT interrupts it);
+ *   - the Python thread's display messages wait for room in the bounded out_q (interruptibly,
+ *     pyshell.c). So memory stays bounded and user code runs at the reader's pace.
+ * A PUB never reports POLLOUT truthfully (it is always "writable"), hence ZMQ_FD and a retry.
+ * A subscriber that never reads keeps the cell blocked: an interrupt ends it (its last
+ * messages wait for the reader), as does the gateway's timeout. */
+
+static void pipes_update(kio_t *io);
+static void on_iopub_fd(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg);
+static void on_iopub_timer(loop_t *loop, loop_watch_t *w, void *arg);
+
+/* I/O thread: wait for iopub while it is blocked (sock_mu held, owner IO). */
+static void iopub_watch_start(kio_t *io) {
+    if (!io->iopub_watch)
+        io->iopub_watch =
+            loop_io_add(io->loop, io->sock_fd[JWIRE_IOPUB], LOOP_READ, on_iopub_fd, io);
+    if (!io->iopub_timer)
+        io->iopub_timer =
+            loop_timer_add(io->loop, KIO_IOPUB_RETRY, KIO_IOPUB_RETRY, on_iopub_timer, io);
+    if (!io->iopub_watch && !io->iopub_timer)
+        die("cannot watch iopub");
+    pipes_update(io);
+}
+
+static void iopub_watch_stop(kio_t *io) {
+    loop_watch_del(io->loop, &io->iopub_watch);
+    loop_watch_del(io->loop, &io->iopub_timer);
+}
+
+/* A send on iopub would block (sock_mu held). */
+static void iopub_block(kio_t *io) {
+    bool was = io->iopub_blocked;
+    io->iopub_blocked = true;
+    if (atomic_load(&io->owner) == OWNER_IO) {
+        if (!was)
+            iopub_watch_start(io);
+    } else {
+        /* The Python thread must not wait holding the sockets: the I/O thread takes them
+         * (asked again each time: kio_py_request_* re-arm the takeover timer). */
+        atomic_store(&io->need_io, true);
+        timer_set(io->takeover_fd, 1);
+    }
+}
+
+static void iopub_unblock(kio_t *io) {
+    if (!io->iopub_blocked)
+        return;
+    io->iopub_blocked = false;
+    if (atomic_load(&io->owner) == OWNER_IO) {
+        iopub_watch_stop(io);
+        pipes_update(io);
+    }
+}
+
 /* Sends what out_q holds (sock_mu held); at most `max` items, true if some are left to send
  * now. gaps: the I/O thread's ordering gaps (above). */
 static bool out_send(kio_t *io, int max, bool gaps) {
     kq_ack(io->sh->out_q);
     if (gaps && now_mono_us() < io->gap_until_us)
         return false; /* the gap timer sends the rest */
+    bool was_blocked = io->iopub_blocked;
     for (int n = 0; n < max; n++) {
         kout_t *it = kq_pop(io->sh->out_q);
         if (!it) {
             io->last_ch = JWIRE_HB; /* none */
+            if (was_blocked)
+                iopub_unblock(io); /* what blocked went (or was a direct send) */
             return false;
         }
         if (gaps && needs_gap(io, it)) {
@@ -362,18 +454,31 @@ static bool out_send(kio_t *io, int max, bool gaps) {
             timer_set(io->gap_fd, KIO_GAP_US);
             return false;
         }
-        if (it->kind == KOUT_MSG)
-            io->last_ch = it->ch;
-        handle_out(io, it);
+        int ch = it->kind == KOUT_MSG ? (int)it->ch : -1;
+        if (handle_out(io, it) == -EAGAIN) {
+            kq_unpop(io->sh->out_q, it, 0);
+            kq_ack(io->sh->out_q);
+            iopub_block(io);
+            return false;
+        }
+        if (ch >= 0)
+            io->last_ch = (jwire_channel_t)ch;
+        if (was_blocked && ch == JWIRE_IOPUB) {
+            iopub_unblock(io);
+            was_blocked = false;
+        }
     }
     return true;
 }
 
 /* Pipes, then out_q: everything written and queued so far goes out (sock_mu held). */
 static void flush_all(kio_t *io, bool force) {
-    pthread_mutex_lock(&io->sh->st.mu);
-    kstreams_drain_locked(io->sh, KIO_DRAIN_MAX, force);
-    pthread_mutex_unlock(&io->sh->st.mu);
+    /* While iopub is blocked the pipes stay full: that is what holds user code back. */
+    if (!io->iopub_blocked || force) {
+        pthread_mutex_lock(&io->sh->st.mu);
+        kstreams_drain_locked(io->sh, KIO_DRAIN_MAX, force);
+        pthread_mutex_unlock(&io->sh->st.mu);
+    }
     io->last_flush_us = now_mono_us();
     while (out_send(io, 1024, false))
         ;
@@ -399,17 +504,41 @@ static void reply_direct(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg, const 
 
 static void interrupt_kernel(kio_t *io) {
     /* Like ipykernel: the whole process group when we lead it (so `!cmd` children stop
-     * too), and the Python thread by name, so its blocking call returns EINTR even if the
-     * process-directed signal lands in a user thread. */
+     * too), and the Python thread by name, so its blocking call returns EINTR even if a
+     * process-directed signal would land in a user thread. The Python thread gets exactly
+     * one: a second one arriving after the first was raised (it sleeps in a syscall, e.g. a
+     * write blocked by iopub back-pressure, and wakes at once) would interrupt IPython's own
+     * handling of the first and lose the cell's error message. So the other processes of
+     * the group get theirs one by one. */
     pid_t me = getpid();
-    if (getpgid(0) == me)
-        (void)kill(-me, SIGINT);
+    if (getpgid(0) == me) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            char *end;
+            long pid = strtol(e->d_name, &end, 10);
+            if (*end == '\0' && pid > 0 && pid != me && getpgid((pid_t)pid) == me)
+                (void)kill((pid_t)pid, SIGINT);
+        }
+        if (d)
+            closedir(d);
+    }
     (void)pthread_kill(io->sh->main_thread, SIGINT);
 }
 
 /* Ends the process after sending what is queued (sock_mu held). */
 static _Noreturn void finish(kio_t *io) {
     flush_all(io, true);
+    /* A reader that is behind gets up to the linger time to take the rest. */
+    uint64_t until = now_mono_us() + KIO_LINGER_MS * 1000ull;
+    while (kq_len(io->sh->out_q) > 0 && now_mono_us() < until) {
+        struct pollfd p = {.fd = io->sock_fd[JWIRE_IOPUB], .events = POLLIN};
+        (void)poll(&p, 1, 10);
+        int ev = 0;
+        size_t len = sizeof ev;
+        (void)zmq_getsockopt(io->sock[JWIRE_IOPUB], ZMQ_EVENTS, &ev, &len);
+        flush_all(io, true);
+    }
     atomic_store(&terminating, true);
     int linger = KIO_LINGER_MS;
     for (int c = 0; c < JWIRE_NCHANNELS; c++) {
@@ -567,7 +696,8 @@ static void shell_pause_update(kio_t *io) {
 static void pipes_update(kio_t *io) {
     for (int i = 0; i < 2; i++)
         if (io->pipe_watch[i])
-            loop_io_mod(io->loop, io->pipe_watch[i], io->pipe_paused[i] ? 0 : LOOP_READ);
+            loop_io_mod(io->loop, io->pipe_watch[i],
+                        io->pipe_paused[i] || io->iopub_blocked ? 0 : LOOP_READ);
 }
 
 static void io_hand_back(kio_t *io);
@@ -609,6 +739,24 @@ static void on_out(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void 
             kq_kick(io->sh->out_q);
         io_hand_back(io);
     });
+}
+
+/* iopub's ZMQ_FD: libzmq has commands for the socket, maybe the reader's progress. */
+static void on_iopub_fd(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
+    kio_t *io = arg;
+    IO_LOCKED(io, {
+        int ev = 0;
+        size_t len = sizeof ev;
+        /* Processes the commands (and so resets the fd) before the retry. */
+        (void)zmq_getsockopt(io->sock[JWIRE_IOPUB], ZMQ_EVENTS, &ev, &len);
+        if (io->iopub_blocked && out_send(io, 256, true))
+            kq_kick(io->sh->out_q);
+        io_hand_back(io);
+    });
+}
+
+static void on_iopub_timer(loop_t *loop, loop_watch_t *w, void *arg) {
+    on_iopub_fd(loop, w, -1, 0, arg);
 }
 
 static void on_flush_timer(loop_t *loop, loop_watch_t *w, void *arg) {
@@ -660,6 +808,8 @@ static void io_take_over(kio_t *io) {
         }
         if (!io->out_watch || !io->pipe_watch[0] || !io->pipe_watch[1])
             die("cannot watch the output");
+        if (io->iopub_blocked)
+            iopub_watch_start(io);
         /* What the request published so far (busy, execute_input, output) goes now. */
         flush_all(io, false);
     }
@@ -669,8 +819,9 @@ static void io_take_over(kio_t *io) {
 /* Gives the sockets back once nothing is in flight (sock_mu held, owner IO). */
 static void io_hand_back(kio_t *io) {
     if (!atomic_load(&io->py_ready) || io->shutting_down || atomic_load(&io->in_request) ||
-        atomic_load(&io->py_pending) > 0 || kq_len(io->sh->out_q) > 0)
+        atomic_load(&io->py_pending) > 0 || kq_len(io->sh->out_q) > 0 || io->iopub_blocked)
         return;
+    iopub_watch_stop(io);
     for (int c = 0; c < JWIRE_NCHANNELS; c++)
         loop_watch_del(io->loop, &io->watch[c]);
     loop_watch_del(io->loop, &io->out_watch);
@@ -736,7 +887,8 @@ void kio_py_service(kshared_t *sh) {
             handle_shell(io, m);
             any = true;
         }
-        if (!any && kq_len(sh->out_q) == 0)
+        /* Blocked iopub: the I/O thread takes the sockets and sends the rest. */
+        if (!any && (kq_len(sh->out_q) == 0 || io->iopub_blocked))
             break;
     }
     pthread_mutex_unlock(&io->sock_mu);
@@ -840,6 +992,14 @@ static void *zsock_of(kio_t *io, int type, jwire_channel_t ch) {
     zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if (type == ZMQ_ROUTER && ch != JWIRE_HB)
         zmq_setsockopt(s, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+    if (type == ZMQ_PUB) {
+        /* Lossless and bounded: a full subscriber makes sends fail at once (EAGAIN), and
+         * the kernel waits for it (see iopub_block). */
+        int hwm = KIO_IOPUB_HWM;
+        zmq_setsockopt(s, ZMQ_XPUB_NODROP, &one, sizeof one);
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(s, ZMQ_SNDTIMEO, &zero, sizeof zero);
+    }
     char ep[PATH_MAX + 32];
     if (jwire_conn_endpoint(&io->conn, ch, ep, sizeof ep) < 0 || zmq_bind(s, ep) < 0) {
         int saved = errno;

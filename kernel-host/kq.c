@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -128,6 +129,21 @@ void kq_wait_room(kq_t *self, size_t bytes) {
     while (full(self, bytes))
         pthread_cond_wait(&self->room, &self->mu);
     pthread_mutex_unlock(&self->mu);
+}
+
+bool kq_wait_room_ms(kq_t *self, size_t bytes, int timeout_ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    long ns = until.tv_nsec + (long)timeout_ms % 1000 * 1000000L;
+    until.tv_sec += timeout_ms / 1000 + ns / 1000000000L;
+    until.tv_nsec = ns % 1000000000L;
+    pthread_mutex_lock(&self->mu);
+    while (full(self, bytes))
+        if (pthread_cond_timedwait(&self->room, &self->mu, &until) == ETIMEDOUT)
+            break;
+    bool room = !full(self, bytes);
+    pthread_mutex_unlock(&self->mu);
+    return room;
 }
 
 bool kq_full(kq_t *self, size_t bytes) {

@@ -29,6 +29,8 @@ int kq_push(kq_t *self, void *item, size_t bytes, bool block);
 void kq_push_force(kq_t *self, void *item, size_t bytes);
 /* Waits until a push of `bytes` would not block (a hint: another producer may take it). */
 void kq_wait_room(kq_t *self, size_t bytes);
+/* The same for at most timeout_ms; true if there is room. */
+bool kq_wait_room_ms(kq_t *self, size_t bytes, int timeout_ms);
 /* true when a push of `bytes` would block. */
 bool kq_full(kq_t *self, size_t bytes);
 /* The oldest item or NULL; wakes a producer waiting for room. */

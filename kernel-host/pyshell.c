@@ -288,7 +288,7 @@ static PyObject *json2py(const json_t *j) {
 
 /* Python-level buffers of sys.stdout / sys.stderr down to the pipes, so what was printed is
  * in the pipe before the message that follows it is queued. Keeps a pending exception. */
-static void flush_std(void) {
+static void flush_std_ex(bool rearm) {
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     static const char *const names[2] = {"stdout", "stderr"};
@@ -297,12 +297,22 @@ static void flush_std(void) {
         if (!f || f == Py_None)
             continue;
         PyObject *r = PyObject_CallMethodNoArgs(f, s_flush);
-        if (r)
+        if (r) {
             Py_DECREF(r);
-        else
+        } else {
+            /* rearm: SIGINT while the write waited for a full pipe (iopub back-pressure)
+             * in user code's display call is not swallowed: its KeyboardInterrupt comes at
+             * the next check. */
+            if (rearm && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+                PyErr_SetInterrupt();
             PyErr_Clear();
+        }
     }
     PyErr_Restore(et, ev, tb);
+}
+
+static void flush_std(void) {
+    flush_std_ex(false);
 }
 
 /* Queues an item for the I/O thread. Called with the GIL; waits for room with it released. */
@@ -323,27 +333,52 @@ static json_t *cur_parent(void) {
     return cur.msg ? cur.msg->header : NULL;
 }
 
+/* Waits for room in out_q with the GIL released. out_q is full for long only when iopub is
+ * blocked by a slow reader (kernel.c): user code publishing then waits at the reader's pace,
+ * and `interruptible` lets SIGINT end the wait (-1, KeyboardInterrupt set). */
+static int wait_room(size_t bytes, bool interruptible) {
+    while (kq_full(S->out_q, bytes)) {
+        bool room;
+        Py_BEGIN_ALLOW_THREADS room = kq_wait_room_ms(S->out_q, bytes, INPUT_POLL_MS);
+        Py_END_ALLOW_THREADS if (room) break;
+        if (interruptible && PyErr_CheckSignals() < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* A message after the output written before it (kout_publish_ordered drains the pipes
  * first): iopub messages, and replies too, so a reply never overtakes the request's last
- * output. Waits for room with the GIL released. */
-static void push_ordered(kout_t *it, size_t bytes) {
+ * output. Waits for room with the GIL released; -1 (the item dropped, KeyboardInterrupt set)
+ * if `interruptible` and SIGINT came meanwhile. */
+static int push_ordered(kout_t *it, size_t bytes, bool interruptible) {
     if (!it)
-        return;
+        return 0;
     if (forked) {
         kout_free(it);
-        return;
+        return 0;
     }
-    if (kq_full(S->out_q, bytes)) {
-        Py_BEGIN_ALLOW_THREADS kq_wait_room(S->out_q, bytes);
-        Py_END_ALLOW_THREADS
+    if (wait_room(bytes, interruptible) < 0) {
+        kout_free(it);
+        return -1;
     }
     kout_publish_ordered(S, it, bytes);
+    return 0;
 }
 
 static void publish(const char *msg_type, json_t *content, unsigned flags, size_t bytes) {
     push_ordered(
         kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL, content, NULL, flags),
-        bytes + 256);
+        bytes + 256, false);
+}
+
+/* Output published by user code (display, results, errors): interruptible. */
+static PyObject *publish_user(const char *msg_type, json_t *content, size_t bytes) {
+    if (push_ordered(
+            kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL, content, NULL, 0),
+            bytes + 256, true) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static void reply(const char *msg_type, json_t *content, json_t *metadata) {
@@ -351,7 +386,7 @@ static void reply(const char *msg_type, json_t *content, json_t *metadata) {
         return;
     push_ordered(
         kout_new(KOUT_MSG, cur.ch, msg_type, cur.msg->header, cur.msg->ids, content, metadata, 0),
-        512);
+        512, false);
 }
 
 /* ---- the _kbox module --------------------------------------------------------------------- */
@@ -362,12 +397,11 @@ static PyObject *kb_execute_result(PyObject *self, PyObject *args) {
         return NULL;
     if (forked)
         Py_RETURN_NONE;
-    flush_std();
+    flush_std_ex(true);
     size_t bytes = 0;
     json_t *c = json_pack("{s:o, s:o, s:o}", "execution_count", py2json(count, NULL), "data",
                           py2json(data, &bytes), "metadata", py2json(md, &bytes));
-    publish("execute_result", c, 0, bytes);
-    Py_RETURN_NONE;
+    return publish_user("execute_result", c, bytes);
 }
 
 static PyObject *kb_display_data(PyObject *self, PyObject *args) {
@@ -377,12 +411,11 @@ static PyObject *kb_display_data(PyObject *self, PyObject *args) {
         return NULL;
     if (forked)
         Py_RETURN_NONE;
-    flush_std();
+    flush_std_ex(true);
     size_t bytes = 0;
     json_t *c = json_pack("{s:o, s:o, s:o}", "data", py2json(data, &bytes), "metadata",
                           py2json(md, &bytes), "transient", py2json(transient, &bytes));
-    publish(update ? "update_display_data" : "display_data", c, 0, bytes);
-    Py_RETURN_NONE;
+    return publish_user(update ? "update_display_data" : "display_data", c, bytes);
 }
 
 static PyObject *kb_clear_output(PyObject *self, PyObject *args) {
@@ -391,9 +424,8 @@ static PyObject *kb_clear_output(PyObject *self, PyObject *args) {
         return NULL;
     if (forked)
         Py_RETURN_NONE;
-    flush_std();
-    publish("clear_output", json_pack("{s:b}", "wait", wait), 0, 0);
-    Py_RETURN_NONE;
+    flush_std_ex(true);
+    return publish_user("clear_output", json_pack("{s:b}", "wait", wait), 0);
 }
 
 static PyObject *kb_error(PyObject *self, PyObject *args) {
@@ -406,7 +438,7 @@ static PyObject *kb_error(PyObject *self, PyObject *args) {
     size_t bytes = 0;
     json_t *c = json_pack("{s:o, s:o, s:o}", "ename", py2json(ename, &bytes), "evalue",
                           py2json(evalue, &bytes), "traceback", py2json(tb, &bytes));
-    publish("error", c, 0, bytes);
+    publish("error", c, 0, bytes); /* the cell's own error: never dropped */
     Py_RETURN_NONE;
 }
 
@@ -442,7 +474,7 @@ static PyObject *kb_comm_publish(PyObject *self, PyObject *args) {
         PyBuffer_Release(&view);
     }
     Py_DECREF(fast);
-    flush_std();
+    flush_std_ex(true);
     kout_t *it = kout_new(KOUT_MSG, JWIRE_IOPUB, msg_type, cur_parent(), NULL,
                           py2json(content, &bytes), py2json(md, &bytes), 0);
     if (!it) {
@@ -451,11 +483,8 @@ static PyObject *kb_comm_publish(PyObject *self, PyObject *args) {
     }
     it->buffers = z;
     bytes += 256;
-    if (kq_full(S->out_q, bytes)) {
-        Py_BEGIN_ALLOW_THREADS kq_wait_room(S->out_q, bytes);
-        Py_END_ALLOW_THREADS
-    }
-    kout_publish_ordered(S, it, bytes);
+    if (push_ordered(it, bytes, true) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -480,7 +509,7 @@ static PyObject *request_input(PyObject *prompt, bool password) {
     }
     push_ordered(kout_new(KOUT_MSG, JWIRE_STDIN, "input_request", cur.msg->header, cur.msg->ids,
                           json_pack("{s:o, s:b}", "prompt", jp, "password", password), NULL, 0),
-                 512);
+                 512, false);
     kio_py_need_io(S);
     for (;;) {
         kq_ack(S->stdin_q);

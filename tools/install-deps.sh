@@ -2,11 +2,25 @@
 # Install the Debian packages listed in the given files that are not installed yet.
 # Usage: tools/install-deps.sh LIST...   (as root; a no-op when everything is present)
 set -euo pipefail
+# What is present: installed packages and the names they provide. A name an installed package
+# provides counts (e.g. npm, bundled with a nodejs build from elsewhere that provides and
+# conflicts with it): installing the real package would have apt replace its provider.
+declare -A have=()
+while IFS='|' read -r status pkg provides; do
+  [[ "$status" == "install ok installed" ]] || continue
+  have[$pkg]=1
+  IFS=',' read -ra names <<<"$provides"
+  for name in "${names[@]}"; do
+    name="${name%%(*}"
+    name="${name// /}"
+    [[ -n "$name" ]] && have[$name]=1
+  done
+done < <(dpkg-query -W -f='${Status}|${Package}|${Provides}\n')
 want=()
 for list in "$@"; do
   while read -r pkg; do
     [[ -z "$pkg" || "$pkg" == \#* ]] && continue
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want+=("$pkg")
+    [[ -n "${have[$pkg]:-}" ]] || want+=("$pkg")
   done < "$list"
 done
 [ ${#want[@]} -eq 0 ] && exit 0

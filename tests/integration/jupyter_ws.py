@@ -219,17 +219,20 @@ class KernelWS:
 
     def nudge(self, timeout=30):
         """kernel_info_request until one is answered (a fresh connection through a proxy may
-        drop the first messages: Jupyter Server does the same nudging)."""
+        drop the first messages: Jupyter Server does the same nudging). A new request goes out
+        every second, and a reply to any of them counts: on a loaded machine a reply can take
+        longer than a second, and waiting only for the latest request would never see one."""
         deadline = time.time() + timeout
+        sent = set()
         while time.time() < deadline:
-            mid = self.send("shell", "kernel_info_request")
+            sent.add(self.send("shell", "kernel_info_request"))
             end = min(deadline, time.time() + 1.0)
             while time.time() < end:
                 m = self.recv(end - time.time())
-                if m and m["parent_header"].get("msg_id") == mid and \
+                if m and m["parent_header"].get("msg_id") in sent and \
                         m["header"]["msg_type"] == "kernel_info_reply":
                     return m
-        raise AssertionError("kernel_info_request never answered")
+        raise AssertionError(f"kernel_info_request never answered in {timeout}s")
 
     def close(self):
         try:

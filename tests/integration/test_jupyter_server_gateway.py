@@ -279,9 +279,16 @@ def test_kernel_culled_on_the_gateway_disappears_from_jupyter_server(make_gatewa
     g = make_gateway(["--min-idle-workers", "1", "--idle-timeout-s", "2"]).start()
     js = JupyterServer(g).start()
     try:
-        kid = js.api("POST", "/api/kernels", json={"name": "python3"}).json()["id"]
-        time.sleep(5)
-        assert gw_api(g, "GET", f"/api/kernels/{kid}").status_code == 404
+        r = js.api("POST", "/api/kernels", json={"name": "python3"})
+        assert r.status_code == 201, r.text + js.read_log()
+        kid = r.json()["id"]
+        # Idle for 2 s, the gateway culls it at its next idle check (every 0.5 s): wait for
+        # that (GETs are not activity) instead of sleeping a fixed time a loaded machine can
+        # overrun, within a generous bound.
+        deadline = time.time() + 60
+        while gw_api(g, "GET", f"/api/kernels/{kid}").status_code != 404:
+            assert time.time() < deadline, "the idle kernel was not culled on the gateway\n" + g.read_log()
+            time.sleep(0.2)
         r = js.api("GET", "/api/kernels")
         assert r.status_code == 200, r.text
         assert kid not in [k["id"] for k in r.json()]

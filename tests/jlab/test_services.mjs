@@ -5,11 +5,12 @@
 //
 // The gateway: KBOX_GATEWAY_URL + KBOX_GATEWAY_TOKEN for one already running, or
 // KBOX_GATEWAY_BIN to start one here (launcher from KBOX_TEST_LAUNCHER, default runc, as in
-// tests/integration). Run: `./run.sh` (npm ci into a scratch copy, then the test).
+// tests/integration); a gateway started here must stop cleanly on SIGTERM and leave nothing
+// behind. Run: `./run.sh` (npm ci into a scratch copy, then the test).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -21,7 +22,7 @@ const WebSocket = require('ws');
 const V1 = 'v1.kernel.websocket.jupyter.org';
 const STEP_MS = 30000; // every single wait is bounded; a hang is a failure, not a stuck CI
 
-let gateway = null; // { proc, stateDir } when started here
+let gateway = null; // { proc, stateDir, log } when started here
 let baseUrl = process.env.KBOX_GATEWAY_URL || '';
 let token = process.env.KBOX_GATEWAY_TOKEN || '';
 let settings;
@@ -46,6 +47,27 @@ function until(pred, ms, what) {
   );
 }
 
+// What a stopped gateway left of its own: the Python suites' check (tests/integration/conftest.py:
+// processes, runc containers, loop devices, mounts, network namespaces, cgroups), so both test
+// the same thing. The state dir goes in the environment: a process whose command line named it
+// would count as a leftover.
+function leftovers(stateDir) {
+  const dir = process.env.KBOX_INTEGRATION_DIR;
+  assert.ok(dir, 'KBOX_INTEGRATION_DIR (tests/integration, for its leftovers check) is set by run.sh');
+  const code = [
+    'import json, os, sys',
+    'sys.path.insert(0, os.environ["KBOX_INTEGRATION_DIR"])',
+    'from conftest import no_leftovers',
+    'print(json.dumps(no_leftovers(os.environ["KBOX_JLAB_STATE_DIR"])))'
+  ].join('\n');
+  const out = execFileSync(process.env.KBOX_PYTHON || '/usr/bin/python3', ['-B', '-c', code], {
+    env: { ...process.env, KBOX_JLAB_STATE_DIR: stateDir },
+    encoding: 'utf8',
+    timeout: STEP_MS
+  });
+  return JSON.parse(out);
+}
+
 async function startGateway() {
   const bin = process.env.KBOX_GATEWAY_BIN;
   assert.ok(bin, 'set KBOX_GATEWAY_BIN (or KBOX_GATEWAY_URL and KBOX_GATEWAY_TOKEN)');
@@ -56,22 +78,35 @@ async function startGateway() {
     '--launcher', process.env.KBOX_TEST_LAUNCHER || 'runc',
     '--kernel', process.env.KBOX_TEST_KERNEL || 'ipykernel',
     '--min-idle-workers', '1', '--max-total-workers', '8'];
-  const proc = spawn(bin, args, {
+  // setpriv --pdeathsig: should this test process die without its after() hook (killed by a
+  // ctest timeout), the gateway gets SIGTERM and stops its workers instead of outliving it.
+  const proc = spawn('setpriv', ['--pdeathsig', 'TERM', '--', bin, ...args], {
     env: { ...process.env, AUTH_TOKEN: token },
     stdio: ['ignore', 'ignore', 'pipe']
   });
   gateway = { proc, stateDir, log: '' };
+  // Its whole log, for a failure's post-mortem, next to the test (the work directory).
+  const logPath = join(process.cwd(), 'gateway.log');
+  const logFile = createWriteStream(logPath);
+  proc.stderr.pipe(logFile);
+  console.log(`gateway log: ${logPath}`);
+  const exited = new Promise(resolve => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  gateway.exited = exited;
   const port = await withTimeout(
     new Promise((resolve, reject) => {
-      proc.on('exit', code => reject(new Error(`gateway exited (${code}):\n${gateway.log}`)));
+      exited.then(({ code, signal }) => reject(new Error(`gateway exited (${code ?? signal}):\n${gateway.log}`)));
+      let pending = '';
       proc.stderr.on('data', chunk => {
-        gateway.log += chunk.toString();
-        for (const line of gateway.log.split('\n')) {
+        const text = chunk.toString();
+        gateway.log += text;
+        const lines = (pending + text).split('\n');
+        pending = lines.pop(); // an unfinished line waits for the next chunk
+        for (const line of lines) {
           try {
             const j = JSON.parse(line);
             if (j.msg === 'listening' && j.port) resolve(j.port);
           } catch {
-            /* partial line */
+            /* not a JSON log line */
           }
         }
       });
@@ -125,20 +160,26 @@ before(async () => {
 
 after(async () => {
   if (manager) manager.dispose();
-  if (gateway) {
-    gateway.proc.kill('SIGTERM');
-    await withTimeout(
-      new Promise(resolve => {
-        if (gateway.proc.exitCode !== null) resolve();
-        else gateway.proc.on('exit', resolve);
-      }),
-      STEP_MS,
-      'gateway stop'
-    ).catch(e => {
-      gateway.proc.kill('SIGKILL');
-      throw e;
+  if (!gateway) return;
+  const { proc, stateDir } = gateway;
+  let clean = false;
+  try {
+    proc.kill('SIGTERM');
+    const { code, signal } = await withTimeout(gateway.exited, STEP_MS, 'gateway stop').catch(e => {
+      proc.kill('SIGKILL');
+      throw new Error(`${e.message}\n${gateway.log.slice(-20000)}`);
     });
-    rmSync(gateway.stateDir, { recursive: true, force: true });
+    assert.equal(code, 0, `gateway exit on SIGTERM: ${code ?? signal}\n${gateway.log.slice(-20000)}`);
+    assert.deepEqual(
+      leftovers(stateDir),
+      {},
+      `the stopped gateway left these behind; ${stateDir} is kept (a gateway started on it sweeps them)`
+    );
+    clean = true;
+  } finally {
+    // Only when nothing is left: loop devices are backed by files in it, disks mounted in it.
+    if (clean) rmSync(stateDir, { recursive: true, force: true });
+    else console.error(`tests/jlab: state dir kept: ${stateDir}`);
   }
 });
 
@@ -296,8 +337,11 @@ test('legacy protocol client (no subprotocol offered) executes too', { timeout: 
     assert.equal(reply.content.status, 'ok');
     assert.equal(streamText(iopub), 'legacy ok\n');
   } finally {
-    await withTimeout(kernel.shutdown(), STEP_MS, 'shutdown');
-    mgr.dispose();
+    try {
+      await withTimeout(kernel.shutdown(), STEP_MS, 'shutdown');
+    } finally {
+      mgr.dispose(); // even after a failure: its polls would keep the test process alive
+    }
   }
 });
 

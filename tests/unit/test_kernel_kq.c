@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 static bool readable(int fd) {
@@ -98,11 +99,29 @@ static void test_blocking(void **state) {
     kq_destroy(&shared, NULL);
 }
 
+/* A bounded wait for room: times out on a full queue, returns at once with room. */
+static void test_wait_room_ms(void **state) {
+    kq_t *q = kq_new(1, 0);
+    int a;
+    assert_true(kq_wait_room_ms(q, 1, 0));
+    assert_int_equal(kq_push(q, &a, 1, false), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_false(kq_wait_room_ms(q, 1, 30));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_true(ms >= 25 && ms < 2000);
+    assert_ptr_equal(kq_pop(q), &a);
+    assert_true(kq_wait_room_ms(q, 1, 1000));
+    kq_destroy(&q, NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fifo_and_fd),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_blocking),
+        cmocka_unit_test(test_wait_room_ms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
