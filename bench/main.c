@@ -32,7 +32,13 @@ void bench_sleep_ms(double ms) {
         ;
 }
 
+/* `kbox-bench --kernel K COMMAND`: the kernel the measured gateway (or kernels) ran, stamped on
+ * every JSON line the command prints (run.sh runs each workload once per kernel). */
+static const char *emit_kernel;
+
 void bench_emit(json_t *j) {
+    if (emit_kernel && json_is_object(j) && !json_object_get(j, "kernel"))
+        json_object_set_new(j, "kernel", json_string(emit_kernel));
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(j);
     if (s) {
@@ -418,7 +424,8 @@ static int cmd_cgname(int argc, char **argv) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: kbox-bench COMMAND [--option value]...\n"
+            "usage: kbox-bench [--kernel K] COMMAND [--option value]...\n"
+            "  --kernel K   stamp \"kernel\":K on every JSON line (ipykernel, native)\n"
             "  run      --target execute|kernels|zmq --url U --token T --users N --requests N\n"
             "           [--think-min S --think-max S --timeout-ms MS --seed N --python P\n"
             "           --workdir D --cpu-pid PID --kernels-cgroup CG --label L --server S\n"
@@ -436,6 +443,11 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc >= 3 && streq(argv[1], "--kernel")) {
+        emit_kernel = argv[2];
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 2) {
         usage();
         return 2;

@@ -240,14 +240,15 @@ static bool cgroup_has(pid_t pid, const char *needle) {
 }
 
 typedef struct {
-    int kernels;         /* ipykernel processes found */
+    int kernels;         /* kernel processes found (ipykernel or native) */
     long rss_kb, pss_kb; /* summed over every process of the workers */
     const char *method;
 } workers_mem_t;
 
 /* The gateway's workers: its descendants (process launcher); failing that (runc: containers
- * are not the gateway's children), ipykernel processes in the gateway's cgroup parent and
- * their kernel-host parents. */
+ * are not the gateway's children), the kernels in the gateway's cgroup parent: ipykernel
+ * processes and their kernel-host parents, or native kernels (kernel-host in its kernel role,
+ * "--kernel native"; the container's init, "kernel-host -- ...", is not counted). */
 static int workers_mem(pid_t gw, const char *cgroup, workers_mem_t *ret) {
     pinfo_t *v = NULL;
     size_t n = 0;
@@ -269,10 +270,13 @@ static int workers_mem(pid_t gw, const char *cgroup, workers_mem_t *ret) {
     if (w.kernels == 0) {
         char needle[128];
         snprintf(needle, sizeof needle, "/%s/", cgroup ? cgroup : "kbox");
-        w = (workers_mem_t){.method = "ipykernel + kernel-host processes in the gateway's cgroup"};
+        w = (workers_mem_t){.method = "kernel + kernel-host processes in the gateway's cgroup"};
         for (size_t i = 0; i < n; i++) {
-            if (!cmdline_has(v[i].pid, "ipykernel_launcher") || !cgroup_has(v[i].pid, needle) ||
-                cmdline_has(v[i].pid, "kernel-host"))
+            bool ipk = cmdline_has(v[i].pid, "ipykernel_launcher") &&
+                       !cmdline_has(v[i].pid, "kernel-host");
+            bool native = cmdline_has(v[i].pid, "--kernel native") &&
+                          !cmdline_has(v[i].pid, "kernel-host -- "); /* not the init */
+            if (!(ipk || native) || !cgroup_has(v[i].pid, needle))
                 continue;
             long rss, pss;
             if (bench_proc_mem(v[i].pid, &rss, &pss) < 0)
@@ -280,7 +284,7 @@ static int workers_mem(pid_t gw, const char *cgroup, workers_mem_t *ret) {
             w.rss_kb += rss;
             w.pss_kb += pss;
             w.kernels++;
-            if (cmdline_has(v[i].ppid, "kbox-kernel-host") &&
+            if (ipk && cmdline_has(v[i].ppid, "kbox-kernel-host") &&
                 bench_proc_mem(v[i].ppid, &rss, &pss) >= 0) {
                 w.rss_kb += rss;
                 w.pss_kb += pss;

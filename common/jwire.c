@@ -595,6 +595,35 @@ int jwire_msg_send(const jwire_msg_t *self, const jwire_signer_t *signer, zsock_
     return r < 0 ? r : 0;
 }
 
+int jwire_send_frames(zsock_t *sock, const jwire_signer_t *signer, zmsg_t *ids,
+                      const void *const parts[4], const size_t lens[4], zmsg_t *buffers) {
+    if (!sock || !parts || !lens)
+        return -EINVAL;
+    void *h = zsock_resolve(sock);
+    if (!h)
+        return -EINVAL;
+    char sig[65];
+    int r = jwire_signer_sign(signer, parts, lens, sig);
+    if (r < 0)
+        return r;
+    size_t nbufs = buffers ? zmsg_size(buffers) : 0;
+    bool first = true;
+    for (zframe_t *f = ids ? zmsg_first(ids) : NULL; f && r >= 0; f = zmsg_next(ids)) {
+        r = send_mem(h, zframe_data(f), zframe_size(f), ZMQ_SNDMORE, first);
+        first = false;
+    }
+    if (r >= 0)
+        r = send_mem(h, JWIRE_DELIM, strlen(JWIRE_DELIM), ZMQ_SNDMORE, first);
+    if (r >= 0)
+        r = send_mem(h, sig, strlen(sig), ZMQ_SNDMORE, false);
+    for (size_t i = 0; i < 4 && r >= 0; i++)
+        r = send_mem(h, parts[i], lens[i], i < 3 || nbufs ? ZMQ_SNDMORE : 0, false);
+    size_t i = 0;
+    for (zframe_t *f = nbufs ? zmsg_first(buffers) : NULL; f && r >= 0; f = zmsg_next(buffers), i++)
+        r = send_mem(h, zframe_data(f), zframe_size(f), i + 1 < nbufs ? ZMQ_SNDMORE : 0, false);
+    return r < 0 ? r : 0;
+}
+
 int jwire_msg_recv(zsock_t *sock, const jwire_signer_t *signer, jwire_replay_t *replay,
                    const jwire_limits_t *limits, jwire_msg_t **ret) {
     if (!sock || !ret)

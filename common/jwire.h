@@ -83,6 +83,12 @@ int jwire_msg_decode(zmsg_t **zmsg_p, const jwire_signer_t *signer, jwire_replay
 
 /* Encode and send on a zsock (multipart); 0 or -errno. Does not consume the message. */
 int jwire_msg_send(const jwire_msg_t *self, const jwire_signer_t *signer, zsock_t *sock);
+/* Sign and send a message whose four JSON frames (header, parent_header, metadata, content)
+ * the caller has already serialized, e.g. with an encoder whose output equals the compact
+ * serialization jwire_msg_send() would produce. ids and buffers may be NULL (none); the
+ * frames are copied; sends block or not as in jwire_msg_send(). 0 or -errno. */
+int jwire_send_frames(zsock_t *sock, const jwire_signer_t *signer, zmsg_t *ids,
+                      const void *const parts[4], const size_t lens[4], zmsg_t *buffers);
 /* Receive one multipart message and decode it. Never blocks: -EAGAIN when no message is
  * waiting (call it until -EAGAIN from a loop_zmq_add() callback). Also enforces
  * limits->max_bytes/max_frames while reading: an oversized message is read to its end and

@@ -67,7 +67,7 @@ struct gw_worker {
     loop_watch_t *mon_watch[JWIRE_NCHANNELS];
     loop_watch_t *lost_timer; /* a channel closed: declared lost unless the exit comes first */
     char lost_why[160];
-    int lost_channel;
+    unsigned lost_channels;        /* bit per channel whose connection closed in this grace */
     unsigned mon_gen;              /* monitor endpoints are unique per (re)connection */
     int iopub_drops;               /* iopub reconnections in the current minute */
     uint64_t iopub_drop_window_ms; /* start of that minute */
@@ -139,8 +139,10 @@ struct gw_exec {
     bool started;
     bool got_reply;
     bool got_idle;
-    bool got_busy;     /* the kernel started our request: the timeout runs from here */
-    char probe_id[40]; /* a kernel_info sent after ours: its idle stands for our lost one */
+    bool got_busy;          /* the kernel started our request: the timeout runs from here */
+    bool waited_for_start;  /* timed out once before busy: now waiting acquire_timeout_ms */
+    bool interrupt_on_busy; /* the client left before the kernel started our request */
+    char probe_id[40];      /* a kernel_info sent after ours: its idle stands for our lost one */
     bool timed_out;
     bool session_reset;
     loop_watch_t *timeout_timer; /* the run's timeout, or the wait for a busy kernel */
@@ -164,8 +166,9 @@ struct gw_session {
     TAILQ_HEAD(, gw_exec) queue;
     uint32_t nqueued;
     gw_exec_t *running;
-    bool reset_pending;     /* the next execution reports session_reset */
-    char wait_probe_id[40]; /* probe sent while an /execute waits for the kernel to be free */
+    bool reset_pending;        /* the next execution reports session_reset */
+    char wait_probe_id[40];    /* probe sent while an /execute waits for the kernel to be free */
+    char abandoned_msg_id[40]; /* answered 503 before it started: interrupt it if it starts */
     bool had_worker;
     uint64_t last_activity_us; /* wall clock, for the Jupyter model */
     uint64_t last_activity_mono_ms;

@@ -133,12 +133,39 @@ static void on_grace(loop_t *loop, loop_watch_t *t, void *arg) {
         gw_pool_request(s->gw, s);
 }
 
+static void maybe_finish(gw_session_t *s);
+static void pump(gw_session_t *s);
+
 static void on_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
     gw_session_t *s = arg;
     gw_exec_t *e = s->running;
     if (!e)
         return;
     loop_watch_del(loop, &e->timeout_timer);
+    if (e->got_reply) {
+        /* Our code has finished; only its idle went missing (and the probes' too). */
+        e->got_idle = true;
+        maybe_finish(s);
+        return;
+    }
+    if (!e->got_busy) {
+        /* The kernel has not started our code: it is running someone else's (a Jupyter
+         * client's cell that slipped in before ours). Never interrupt their work: wait as
+         * long as for a worker, then give up on ours. */
+        if (!e->waited_for_start) {
+            e->waited_for_start = true;
+            e->timeout_timer =
+                loop_timer_add(loop, s->gw->cfg.acquire_timeout_ms, 0, on_timeout, s);
+            return;
+        }
+        /* If it ever starts, nobody is waiting for it: stop it then. */
+        snprintf(s->abandoned_msg_id, sizeof s->abandoned_msg_id, "%s", e->msg_id);
+        finish_running(s, 503, "kernel busy",
+                       "another client's execution kept the kernel busy; the code was not run "
+                       "in time and will be interrupted if it starts",
+                       OUTCOME_REJECTED);
+        return;
+    }
     e->timed_out = true;
     gw_worker_interrupt(s->worker);
     e->grace_timer = loop_timer_add(loop, s->gw->cfg.interrupt_grace_ms, 0, on_grace, s);
@@ -167,17 +194,19 @@ static void on_wait_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
                      "another client's execution kept the kernel busy for --acquire-timeout-ms; "
                      "the code was not run");
     gw_exec_free(&e);
+    pump(s); /* the next one waits with a bound of its own */
 }
 
 static void pump(gw_session_t *s) {
     gw_t *gw = s->gw;
     if (s->running || TAILQ_EMPTY(&s->queue) || s->released)
         return;
+    gw_exec_t *e = TAILQ_FIRST(&s->queue);
     if (!s->worker) {
+        loop_watch_del(gw->loop, &e->timeout_timer); /* waiting for a worker, not a cell */
         gw_pool_request(gw, s);
         return;
     }
-    gw_exec_t *e = TAILQ_FIRST(&s->queue);
     if (streq(s->execution_state, "busy")) {
         /* A Jupyter client's cell is running: ours waits here, as long as for a worker, not
          * in the kernel's queue, so its timeout never interrupts their work. The probe's
@@ -236,14 +265,19 @@ void gw_exec_client_gone(gw_exec_t *e) {
     if (!s)
         return;
     if (s->running == e) {
-        /* Nobody will read the rest: stop the work rather than let it run to the timeout. */
-        gw_worker_interrupt(s->worker);
+        /* Nobody will read the rest: stop the work rather than let it run to the timeout,
+         * but only ours: until its busy, the kernel may be running someone else's cell. */
+        if (e->got_busy)
+            gw_worker_interrupt(s->worker);
+        else
+            e->interrupt_on_busy = true;
         return;
     }
     TAILQ_REMOVE(&s->queue, e, link);
     s->nqueued--;
     record_outcome(s->gw, e, OUTCOME_CANCELLED);
     gw_exec_free(&e);
+    pump(s);
 }
 
 static void maybe_finish(gw_session_t *s) {
@@ -262,6 +296,8 @@ static void maybe_finish(gw_session_t *s) {
     pump(s);
 }
 
+static void on_idle_late(loop_t *loop, loop_watch_t *t, void *arg);
+
 void gw_session_on_output_lost(gw_session_t *s, const char *why) {
     gw_exec_t *e = s->running;
     if (!e || !s->worker)
@@ -270,20 +306,22 @@ void gw_session_on_output_lost(gw_session_t *s, const char *why) {
     if (ev && e->stream && e->conn)
         gw_api_exec_event(e, ev);
     json_decref(ev);
-    if (!e->probe_id[0])
-        send_probe(s, e->probe_id, sizeof e->probe_id); /* our idle may be among the lost */
+    /* Our idle may be among the lost: probe now and every period until an idle comes. */
+    send_probe(s, e->probe_id, sizeof e->probe_id);
+    if (!e->idle_timer)
+        e->idle_timer = loop_timer_add(s->gw->loop, IDLE_LATE_MS, IDLE_LATE_MS, on_idle_late, s);
 }
 
 /* The reply is in but the idle that should follow at once is not: under an output flood the
- * kernel's iopub can drop it. Ask for a later idle rather than wait for the timeout. */
+ * kernel's iopub can drop it. Ask for a later idle rather than wait for the timeout, and ask
+ * again each period: a probe's own idle can be lost too (a just-reopened iopub may not be
+ * subscribed yet when the kernel answers). Only the newest probe counts; it is answered last. */
 static void on_idle_late(loop_t *loop, loop_watch_t *t, void *arg) {
     gw_session_t *s = arg;
     gw_exec_t *e = s->running;
-    if (!e)
+    if (!e || e->got_idle)
         return;
-    loop_watch_del(loop, &e->idle_timer);
-    if (!e->probe_id[0])
-        send_probe(s, e->probe_id, sizeof e->probe_id);
+    send_probe(s, e->probe_id, sizeof e->probe_id);
 }
 
 void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg) {
@@ -299,6 +337,11 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
             snprintf(s->execution_state, sizeof s->execution_state, "idle");
         }
         now_idle = streq(s->execution_state, "idle");
+        if (s->abandoned_msg_id[0] && streq(st, "busy") &&
+            streq(jwire_msg_parent_id(msg), s->abandoned_msg_id)) {
+            s->abandoned_msg_id[0] = '\0';
+            gw_worker_interrupt(s->worker);
+        }
         s->last_activity_us = now_wall_us();
     }
     /* Every iopub message goes to the session's WebSocket clients, /execute's own included:
@@ -325,6 +368,8 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
                 } else if (streq(st, "busy") && !e->got_busy) {
                     /* The run starts now, whatever waited ahead of it in the kernel. */
                     e->got_busy = true;
+                    if (e->interrupt_on_busy)
+                        gw_worker_interrupt(s->worker);
                     if (e->timeout_timer && !e->timed_out) {
                         loop_watch_del(s->gw->loop, &e->timeout_timer);
                         e->timeout_timer =
@@ -341,7 +386,8 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
             exec_out_set_reply(e->out, msg->content);
             e->got_reply = true;
             if (!e->got_idle && !e->idle_timer)
-                e->idle_timer = loop_timer_add(s->gw->loop, IDLE_LATE_MS, 0, on_idle_late, s);
+                e->idle_timer =
+                    loop_timer_add(s->gw->loop, IDLE_LATE_MS, IDLE_LATE_MS, on_idle_late, s);
         }
         jwire_msg_destroy(&msg);
         maybe_finish(s);

@@ -134,10 +134,12 @@ static void worker_died(gw_worker_t *w, const char *why) {
     }
     /* Destroy first: it marks the session's disk busy until this worker has let go of it, so
      * the replacement the session asks for next waits instead of finding it still mounted.
-     * w stays allocated (stopping) until its cleanup has run, and why may point into it. */
-    gw_worker_destroy(w, why);
+     * why may point into w: copied first. w itself is only a flag for the session. */
+    char reason[sizeof w->lost_why];
+    snprintf(reason, sizeof reason, "%s", why);
+    gw_worker_destroy(w, reason); /* may free w at once if its cleanup cannot be queued */
     if (s)
-        gw_session_on_worker_lost(s, w, why);
+        gw_session_on_worker_lost(s, w, reason);
 }
 
 static void check_ready(gw_worker_t *w) {
@@ -179,8 +181,10 @@ static void on_hb_timer(loop_t *loop, loop_watch_t *t, void *arg) {
     zmsg_t *m = zmsg_new();
     zmsg_addmem(m, NULL, 0); /* empty delimiter: works against REP and ROUTER-echo kernels */
     zmsg_addstr(m, "ping");
-    if (zmsg_send(&m, w->sock[JWIRE_HB]) == 0)
-        w->hb_outstanding = true;
+    /* A ping that cannot even be queued (the heartbeat connection is gone) counts as one
+     * unanswered: it must not switch the heartbeat off. */
+    zmsg_send(&m, w->sock[JWIRE_HB]);
+    w->hb_outstanding = true;
     zmsg_destroy(&m);
     loop_zmq_kick(loop, w->watch[JWIRE_HB]);
 }
@@ -278,8 +282,9 @@ static void on_lost_timer(loop_t *loop, loop_watch_t *t, void *arg) {
         w->iopub_drop_window_ms = now;
         w->iopub_drops = 0;
     }
-    if (w->lost_channel == JWIRE_IOPUB && w->state == WORKER_READY &&
+    if (w->lost_channels == (1u << JWIRE_IOPUB) && w->state == WORKER_READY &&
         ++w->iopub_drops <= IOPUB_REOPENS_PER_MIN) {
+        w->lost_channels = 0;
         close_channel(w, JWIRE_IOPUB);
         int r = wait_for_sockets(w, 0);
         if (r >= 0)
@@ -308,14 +313,16 @@ static void on_monitor(loop_t *loop, loop_watch_t *watch, void *sock, void *arg)
     if (f && zframe_size(f) >= sizeof event)
         memcpy(&event, zframe_data(f), sizeof event);
     zmsg_destroy(&m);
-    if (event != ZMQ_EVENT_DISCONNECTED || w->lost_timer || w->state == WORKER_STOPPING)
+    if (event != ZMQ_EVENT_DISCONNECTED || w->state == WORKER_STOPPING)
         return;
     int c = 0;
     while (c < JWIRE_NCHANNELS && w->mon[c] != sock)
         c++;
     if (c == JWIRE_NCHANNELS)
         return;
-    w->lost_channel = c;
+    w->lost_channels |= 1u << c; /* all of them count when the grace ends */
+    if (w->lost_timer)
+        return;
     snprintf(w->lost_why, sizeof w->lost_why,
              "the kernel's %s connection closed: a message over --kernel-max-message-mb=%" PRIu64
              " or a protocol error",

@@ -29,6 +29,7 @@
  * kernel that cannot serve must die where the gateway sees it, never hang. */
 #include "kernel.h"
 #include "kernel_int.h"
+#include "kjson.h"
 #include "kmsg.h"
 #include "kstream.h"
 
@@ -45,6 +46,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <zmq.h>
 
 #define KIO_TAKEOVER_US   5000                        /* a request runs this long alone */
@@ -64,6 +66,7 @@
 #define KQ_OUT_BYTES      ((size_t)16 * 1024 * 1024)
 #define KIO_IOPUB_HWM     256 /* iopub messages libzmq holds per subscriber (SNDHWM) */
 #define KIO_IOPUB_RETRY   50u /* ms: blocked iopub is retried this often anyway */
+#define KIO_ENC_KEEP      ((size_t)256 * 1024) /* the encode buffer kept between messages */
 
 static const jwire_limits_t limits = {.max_bytes = (size_t)KIO_MAX_MSG, .max_frames = 64};
 static const char *const stream_names[2] = {"stdout", "stderr"};
@@ -166,7 +169,12 @@ typedef struct {
     bool iopub_blocked; /* a subscriber's queue is full: out_q waits (see iopub_block) */
     uint64_t msg_count;
     char msgid_prefix[64];
-    json_t *empty; /* {} for messages without metadata or parent */
+    json_t *empty;       /* {} for messages without metadata or parent */
+    kjbuf_t enc;         /* the frames of the message being sent */
+    json_t *parent_key;  /* the parent whose text parent_text holds (a reference) */
+    kjbuf_t parent_text; /* see encode_parent */
+    uint64_t date_secs;  /* the second date_prefix holds */
+    char date_prefix[32];
     /* I/O thread only */
     loop_t *loop;
     loop_watch_t *watch[JWIRE_NCHANNELS];
@@ -203,25 +211,103 @@ static void timer_set(int fd, long usec) {
 
 /* ---- sending (sock_mu held) ---------------------------------------------------------------- */
 
-/* Sends one message; everything borrowed (content, metadata NULL: {}). -EAGAIN on iopub:
- * a subscriber's queue is full (ZMQ_XPUB_NODROP, send timeout 0) and nothing was sent. */
-static int io_send_msg(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
-                       zmsg_t *ids, json_t *content, json_t *metadata, zmsg_t *buffers) {
+#define KJBUF_LIT(b, lit) kjbuf_append((b), (lit), sizeof(lit) - 1)
+
+/* ISO 8601 of now, as jwire_now_iso8601() writes it; the date and time up to the second are
+ * formatted once per second (sock_mu held). */
+static void io_now_iso8601(kio_t *io, char ret[32]) {
+    uint64_t us = now_wall_us();
+    uint64_t secs = us / 1000000u;
+    if (secs != io->date_secs || !io->date_prefix[0]) {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        if (strftime(io->date_prefix, sizeof io->date_prefix, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+            jwire_now_iso8601(ret);
+            io->date_prefix[0] = '\0';
+            return;
+        }
+        io->date_secs = secs;
+    }
+    size_t n = strlen(io->date_prefix);
+    memcpy(ret, io->date_prefix, n);
+    unsigned frac = (unsigned)(us % 1000000u);
+    ret[n++] = '.';
+    for (int i = 5; i >= 0; i--, frac /= 10)
+        ret[n + (size_t)i] = (char)('0' + frac % 10);
+    n += 6;
+    ret[n++] = 'Z';
+    ret[n] = '\0';
+}
+
+/* The header frame: {msg_id, session, username, date, msg_type, version}, the text
+ * jwire_msg_send() would serialize from json_pack of those fields. */
+static int encode_header(kio_t *io, kjbuf_t *b, const char *msg_type) {
     char id[96], date[32];
     snprintf(id, sizeof id, "%s%llu", io->msgid_prefix, (unsigned long long)io->msg_count + 1);
-    jwire_now_iso8601(date);
-    jwire_msg_t m = {
-        .ids = ids,
-        .header = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "msg_id", id, "session",
-                            io->sh->session, "username", KMSG_USERNAME, "date", date, "msg_type",
-                            msg_type, "version", JWIRE_PROTOCOL_VERSION),
-        .parent_header = parent ? parent : io->empty,
-        .metadata = metadata ? metadata : io->empty,
-        .content = content ? content : io->empty,
-        .buffers = buffers,
-    };
-    int r = m.header ? jwire_msg_send(&m, io->signer, io->sock[ch]) : -ENOMEM;
-    json_decref(m.header);
+    io_now_iso8601(io, date);
+    int r;
+    if ((r = KJBUF_LIT(b, "{\"msg_id\":")) < 0 ||
+        (r = kjson_append_string(b, id, strlen(id))) < 0 ||
+        (r = KJBUF_LIT(b, ",\"session\":")) < 0 ||
+        (r = kjson_append_string(b, io->sh->session, strlen(io->sh->session))) < 0 ||
+        (r = KJBUF_LIT(b, ",\"username\":")) < 0 ||
+        (r = kjson_append_string(b, KMSG_USERNAME, strlen(KMSG_USERNAME))) < 0 ||
+        (r = KJBUF_LIT(b, ",\"date\":")) < 0 ||
+        (r = kjson_append_string(b, date, strlen(date))) < 0 ||
+        (r = KJBUF_LIT(b, ",\"msg_type\":")) < 0 ||
+        (r = kjson_append_string(b, msg_type, strlen(msg_type))) < 0 ||
+        (r = KJBUF_LIT(b, ",\"version\":")) < 0 ||
+        (r = kjson_append_string(b, JWIRE_PROTOCOL_VERSION, strlen(JWIRE_PROTOCOL_VERSION))) < 0)
+        return r;
+    return KJBUF_LIT(b, "}");
+}
+
+/* The parent_header frame. Every message of a request has the same parent (the request's
+ * header, never modified once received): its text is kept, with a reference that keeps the
+ * address from being reused by another header while it is the key. */
+static int encode_parent(kio_t *io, kjbuf_t *b, json_t *parent) {
+    if (parent != io->parent_key) {
+        io->parent_text.len = 0;
+        int r = kjson_append_object(&io->parent_text, parent);
+        json_decref(io->parent_key);
+        io->parent_key = r < 0 ? NULL : json_incref(parent);
+        if (r < 0)
+            return r;
+    }
+    return kjbuf_append(b, io->parent_text.data, io->parent_text.len);
+}
+
+/* Sends one message; everything borrowed (content, metadata NULL: {}). -EAGAIN on iopub:
+ * a subscriber's queue is full (ZMQ_XPUB_NODROP, send timeout 0) and nothing was sent.
+ * The four JSON frames are encoded straight into one reusable buffer (kjson.h: the same
+ * bytes json_dumps would give) and signed and sent by jwire_send_frames(). */
+static int io_send_msg(kio_t *io, jwire_channel_t ch, const char *msg_type, json_t *parent,
+                       zmsg_t *ids, json_t *content, json_t *metadata, zmsg_t *buffers) {
+    kjbuf_t *b = &io->enc;
+    size_t off[5];
+    b->len = 0;
+    off[0] = 0;
+    int r = encode_header(io, b, msg_type);
+    off[1] = b->len;
+    if (r >= 0)
+        r = encode_parent(io, b, parent ? parent : io->empty);
+    off[2] = b->len;
+    if (r >= 0)
+        r = kjson_append_object(b, metadata ? metadata : io->empty);
+    off[3] = b->len;
+    if (r >= 0)
+        r = kjson_append_object(b, content ? content : io->empty);
+    off[4] = b->len;
+    if (r >= 0) {
+        const void *const parts[4] = {b->data + off[0], b->data + off[1], b->data + off[2],
+                                      b->data + off[3]};
+        const size_t lens[4] = {off[1] - off[0], off[2] - off[1], off[3] - off[2], off[4] - off[3]};
+        r = jwire_send_frames(io->sock[ch], io->signer, ids, parts, lens, buffers);
+    }
+    /* A large message's buffer is not kept for the life of the kernel. */
+    if (b->cap > KIO_ENC_KEEP)
+        kjbuf_free(b);
     if (r == 0)
         io->msg_count++;
     /* A send can swallow the ZMQ_FD edge that announced input: the I/O thread's loop
