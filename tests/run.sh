@@ -17,9 +17,10 @@ cmake -S . -B build-asan -DKBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-asan -j"$(nproc)" >/dev/null
 # The native kernel's end-to-end suites run in step 2 only: ASan's own SIGSEGV handler changes
 # how a crashing kernel exits (the hostile-code tests check exactly that), and an interpreter
-# under ASan is too slow for their timing bounds. Its C units stay here.
+# under ASan is too slow for their timing bounds. Its C units stay here. The benchmark's smoke
+# run is end-to-end too.
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j2 \
-  -E '^(root_|integration_|kernel_(conformance|hostile|ipython|fastpath)$)'
+  -E '^(root_|integration_|bench_|kernel_(conformance|hostile|ipython|fastpath|backpressure)$)'
 
 # 2. Everything, including root and integration suites, on the optimised build.
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
