@@ -43,8 +43,10 @@ done
 # 4. Format and lint.
 files=$(git ls-files '*.c' '*.h')
 clang-format --dry-run -Werror $files
+# One file per clang-tidy process: clang 14's analyzer reports a false "uninitialized va_list"
+# in util.c and http.c when they follow other files in the same process, never alone.
 if ! tidy=$(git ls-files '*.c' | grep -v -e '^bench/' -e '^tests/fuzz/' |
-    xargs -P"$(nproc)" -n4 clang-tidy -p build --quiet 2>/dev/null); then
+    xargs -P"$(nproc)" -n1 clang-tidy -p build --quiet 2>/dev/null); then
   echo "$tidy" | grep -E '(error|warning):' >&2
   echo "tests/run.sh: clang-tidy found problems" >&2
   exit 1
