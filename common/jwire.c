@@ -546,6 +546,30 @@ static int send_mem(void *h, const void *data, size_t len, int flags, bool first
     return send_part(h, &part, flags, first);
 }
 
+/* Routing ids, the delimiter and the signature: the frames before the four JSON parts. */
+static int send_envelope(void *h, zmsg_t *ids, const char *sig) {
+    int r = 0;
+    bool first = true;
+    for (zframe_t *f = ids ? zmsg_first(ids) : NULL; f && r >= 0; f = zmsg_next(ids)) {
+        r = send_mem(h, zframe_data(f), zframe_size(f), ZMQ_SNDMORE, first);
+        first = false;
+    }
+    if (r >= 0)
+        r = send_mem(h, JWIRE_DELIM, strlen(JWIRE_DELIM), ZMQ_SNDMORE, first);
+    if (r >= 0)
+        r = send_mem(h, sig, strlen(sig), ZMQ_SNDMORE, false);
+    return r;
+}
+
+/* The binary buffers after the JSON parts; the last frame ends the message. */
+static int send_buffers(void *h, zmsg_t *bufs) {
+    size_t nbufs = bufs ? zmsg_size(bufs) : 0, i = 0;
+    int r = 0;
+    for (zframe_t *f = nbufs ? zmsg_first(bufs) : NULL; f && r >= 0; f = zmsg_next(bufs), i++)
+        r = send_mem(h, zframe_data(f), zframe_size(f), i + 1 < nbufs ? ZMQ_SNDMORE : 0, false);
+    return r;
+}
+
 int jwire_msg_send(const jwire_msg_t *self, const jwire_signer_t *signer, zsock_t *sock) {
     if (!self || !sock)
         return -EINVAL;
@@ -563,17 +587,9 @@ int jwire_msg_send(const jwire_msg_t *self, const jwire_signer_t *signer, zsock_
         return r;
     }
 
-    zmsg_t *ids = (zmsg_t *)self->ids, *bufs = (zmsg_t *)self->buffers;
+    zmsg_t *bufs = (zmsg_t *)self->buffers;
     size_t nbufs = bufs ? zmsg_size(bufs) : 0;
-    bool first = true;
-    for (zframe_t *f = ids ? zmsg_first(ids) : NULL; f && r >= 0; f = zmsg_next(ids)) {
-        r = send_mem(h, zframe_data(f), zframe_size(f), ZMQ_SNDMORE, first);
-        first = false;
-    }
-    if (r >= 0)
-        r = send_mem(h, JWIRE_DELIM, strlen(JWIRE_DELIM), ZMQ_SNDMORE, first);
-    if (r >= 0)
-        r = send_mem(h, sig, strlen(sig), ZMQ_SNDMORE, false);
+    r = send_envelope(h, (zmsg_t *)self->ids, sig);
     for (size_t i = 0; i < 4; i++) {
         if (r < 0) {
             free(p.data[i]);
@@ -589,9 +605,8 @@ int jwire_msg_send(const jwire_msg_t *self, const jwire_signer_t *signer, zsock_
         }
         r = send_part(h, &part, flags, false);
     }
-    size_t i = 0;
-    for (zframe_t *f = nbufs ? zmsg_first(bufs) : NULL; f && r >= 0; f = zmsg_next(bufs), i++)
-        r = send_mem(h, zframe_data(f), zframe_size(f), i + 1 < nbufs ? ZMQ_SNDMORE : 0, false);
+    if (r >= 0)
+        r = send_buffers(h, bufs);
     return r < 0 ? r : 0;
 }
 
@@ -607,20 +622,11 @@ int jwire_send_frames(zsock_t *sock, const jwire_signer_t *signer, zmsg_t *ids,
     if (r < 0)
         return r;
     size_t nbufs = buffers ? zmsg_size(buffers) : 0;
-    bool first = true;
-    for (zframe_t *f = ids ? zmsg_first(ids) : NULL; f && r >= 0; f = zmsg_next(ids)) {
-        r = send_mem(h, zframe_data(f), zframe_size(f), ZMQ_SNDMORE, first);
-        first = false;
-    }
-    if (r >= 0)
-        r = send_mem(h, JWIRE_DELIM, strlen(JWIRE_DELIM), ZMQ_SNDMORE, first);
-    if (r >= 0)
-        r = send_mem(h, sig, strlen(sig), ZMQ_SNDMORE, false);
+    r = send_envelope(h, ids, sig);
     for (size_t i = 0; i < 4 && r >= 0; i++)
         r = send_mem(h, parts[i], lens[i], i < 3 || nbufs ? ZMQ_SNDMORE : 0, false);
-    size_t i = 0;
-    for (zframe_t *f = nbufs ? zmsg_first(buffers) : NULL; f && r >= 0; f = zmsg_next(buffers), i++)
-        r = send_mem(h, zframe_data(f), zframe_size(f), i + 1 < nbufs ? ZMQ_SNDMORE : 0, false);
+    if (r >= 0)
+        r = send_buffers(h, buffers);
     return r < 0 ? r : 0;
 }
 

@@ -214,6 +214,33 @@ class KernelWS:
                 reply = m
         return reply, iopub
 
+    def start(self, code):
+        """Send an execute_request without waiting; its msg_id."""
+        return self.send("shell", "execute_request", execute_content(code))
+
+    def wait_status(self, mid, state, timeout=30, what="status"):
+        return self.wait_for(lambda m: m["parent_header"].get("msg_id") == mid and
+                             m["header"]["msg_type"] == "status" and
+                             m["content"]["execution_state"] == state, timeout=timeout, what=what)
+
+    def wait_reply_and_idle(self, mid, timeout=30, what="reply and idle"):
+        """The reply (shell) and the idle (iopub) of request mid, in either order: the
+        protocol does not order the two sockets. Returns the reply."""
+        got = {}
+
+        def reply_or_idle(m):
+            if m["parent_header"].get("msg_id") != mid:
+                return False
+            if m["header"]["msg_type"].endswith("_reply"):
+                got["reply"] = m
+            elif m["header"]["msg_type"] == "status" and \
+                    m["content"]["execution_state"] == "idle":
+                got["idle"] = m
+            return len(got) == 2
+
+        self.wait_for(reply_or_idle, timeout=timeout, what=what)
+        return got["reply"]
+
     def execute(self, code, timeout=30):
         return self.request("shell", "execute_request", execute_content(code), timeout=timeout)
 

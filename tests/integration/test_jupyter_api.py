@@ -347,18 +347,13 @@ def test_execute_session_visible_over_channels(gw):
 def test_execute_waits_for_a_channels_cell_without_interrupting_it(make_gateway):
     """An /execute sent while a person's cell runs in the same kernel: its timeout counts from
     when its own code starts, and it never interrupts the person's cell."""
-    gw = g = make_gateway(["--min-idle-workers", "1", "--acquire-timeout-ms", "6000"]).start()
+    gw = make_gateway(["--min-idle-workers", "1", "--acquire-timeout-ms", "6000"]).start()
     u = uid()
     kid = gw.execute(u, "import time").json()["kernel_id"]
     c = ws(gw, kid)
     c.nudge()
-    cell = c.send("shell", "execute_request", {"code": "time.sleep(4); print('cell done')",
-                                               "silent": False, "store_history": True,
-                                               "user_expressions": {}, "allow_stdin": False,
-                                               "stop_on_error": True})
-    c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
-               m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "busy",
-               what="the cell's busy")
+    cell = c.start("time.sleep(4); print('cell done')")
+    c.wait_status(cell, "busy", what="the cell's busy")
     # 2.5 s of timeout is shorter than the cell's remaining run: counted from the send, the
     # agent's request would time out and interrupt the person's cell.
     t0 = time.time()
@@ -366,23 +361,16 @@ def test_execute_waits_for_a_channels_cell_without_interrupting_it(make_gateway)
     assert r.status_code == 200, r.text
     assert r.json()["stdout"] == "agent ran\n" and r.json()["timed_out"] is False
     assert time.time() - t0 > 2.0  # it did wait for the cell
-    reply = c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
-                       m["header"]["msg_type"] == "execute_reply", what="the cell's reply")
+    reply = c.wait_reply_and_idle(cell, what="the cell's reply")
     assert reply["content"]["status"] == "ok"
     # A cell longer than a request may wait for a worker (--acquire-timeout-ms, 6 s here):
     # the agent gets a 503 and its code never runs; the cell is not interrupted.
-    cell = c.send("shell", "execute_request", {"code": "time.sleep(9); print('cell 2 done')",
-                                               "silent": False, "store_history": True,
-                                               "user_expressions": {}, "allow_stdin": False,
-                                               "stop_on_error": True})
-    c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
-               m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "busy",
-               what="the second cell's busy")
-    r = g.execute(u, "agent_ran_late = True", timeout_ms=1000)
+    cell = c.start("time.sleep(9); print('cell 2 done')")
+    c.wait_status(cell, "busy", what="the second cell's busy")
+    r = gw.execute(u, "agent_ran_late = True", timeout_ms=1000)
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "kernel busy" and r.headers.get("Retry-After")
-    reply = c.wait_for(lambda m: m["parent_header"].get("msg_id") == cell and
-                       m["header"]["msg_type"] == "execute_reply", what="the second cell's reply")
+    reply = c.wait_reply_and_idle(cell, what="the second cell's reply")
     assert reply["content"]["status"] == "ok"
     r = gw.execute(u, "print('agent_ran_late' in dir())")
     assert r.json()["stdout"] == "False\n"
@@ -394,29 +382,13 @@ def test_interrupt_and_restart_over_the_channels(gw):
     kid = new_kernel(gw)
     c = ws(gw, kid)
     c.execute("kept = 7")
-    mid = c.send("shell", "execute_request",
-                 {"code": "import time\nfor _ in range(600): time.sleep(0.1)", "silent": False,
-                  "store_history": True, "user_expressions": {}, "allow_stdin": False,
-                  "stop_on_error": True})
+    mid = c.start("import time\nfor _ in range(600): time.sleep(0.1)")
     c.wait_for(lambda m: m["header"]["msg_type"] == "execute_input", what="running")
     time.sleep(0.2)
     t0 = time.time()
     assert api(gw, "POST", f"/api/kernels/{kid}/interrupt").status_code == 204
-    # Both the reply (shell) and the idle (iopub): the protocol does not order the two
-    # sockets, and ipykernel aborts what arrives before it is idle again after an error.
-    got = {}
-
-    def reply_or_idle(m):
-        if m["parent_header"].get("msg_id") != mid:
-            return False
-        if m["header"]["msg_type"] == "execute_reply":
-            got["reply"] = m
-        elif m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-            got["idle"] = m
-        return len(got) == 2
-
-    c.wait_for(reply_or_idle, timeout=15, what="interrupted reply and idle")
-    rep = got["reply"]
+    # The idle too: ipykernel aborts what arrives before it is idle again after an error.
+    rep = c.wait_reply_and_idle(mid, timeout=15, what="interrupted reply and idle")
     assert rep["content"]["status"] == "error"
     assert rep["content"]["ename"] == "KeyboardInterrupt"
     assert time.time() - t0 < 10
@@ -441,9 +413,7 @@ def test_kernel_death_auto_restarts_with_status(gw):
     kid = new_kernel(gw)
     c = ws(gw, kid)
     c.execute("x = 1")
-    c.send("shell", "execute_request", {"code": "import os; os._exit(1)", "silent": False,
-                                        "store_history": True, "user_expressions": {},
-                                        "allow_stdin": False, "stop_on_error": True})
+    c.start("import os; os._exit(1)")
     c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
                m["content"]["execution_state"] == "restarting", timeout=30,
                what="restarting after the kernel died")
@@ -553,9 +523,7 @@ def test_oversized_frame_is_refused(make_gateway):
     big = ws(g, kid)
     msg_code = "x = '" + "a" * 200000 + "'"
     try:
-        big.send("shell", "execute_request", {"code": msg_code, "silent": False,
-                                              "store_history": True, "user_expressions": {},
-                                              "allow_stdin": False, "stop_on_error": True})
+        big.start(msg_code)
         code = big.wait_closed(timeout=10)
     except (BrokenPipeError, ConnectionResetError, websocket.WebSocketConnectionClosedException):
         code = big.close_code
@@ -675,9 +643,7 @@ def test_dead_status_when_no_worker_can_be_had(make_gateway):
     a = new_kernel(g)
     c = ws(g, a)
     c.execute("1")
-    c.send("shell", "execute_request", {"code": "import os; os._exit(1)", "silent": False,
-                                        "store_history": True, "user_expressions": {},
-                                        "allow_stdin": False, "stop_on_error": True})
+    c.start("import os; os._exit(1)")
     c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
                m["content"]["execution_state"] == "restarting", what="restarting")
     c.wait_for(lambda m: m["header"]["msg_type"] == "status" and

@@ -161,31 +161,15 @@ def test_kernel_end_to_end_through_jupyter_server(stack):
     assert dd["content"]["data"]["text/markdown"] == "**md**"
 
     # Interrupt through Jupyter Server's REST API.
-    mid = c.send("shell", "execute_request",
-                 {"code": "import time\nfor _ in range(600): time.sleep(0.1)", "silent": False,
-                  "store_history": True, "user_expressions": {}, "allow_stdin": False,
-                  "stop_on_error": True})
+    mid = c.start("import time\nfor _ in range(600): time.sleep(0.1)")
     c.wait_for(lambda m: m["header"]["msg_type"] == "execute_input" and
                m["parent_header"].get("msg_id") == mid, what="running")
     time.sleep(0.2)
     t0 = time.time()
     r = js.api("POST", f"/api/kernels/{kid}/interrupt")
     assert r.status_code == 204, r.text
-    # The reply (shell) and the idle (iopub) travel on different sockets, through Jupyter
-    # Server: the protocol does not order them, and clients wait for both.
-    got = {}
-
-    def reply_or_idle(m):
-        if m["parent_header"].get("msg_id") != mid:
-            return False
-        if m["header"]["msg_type"] == "execute_reply":
-            got["reply"] = m
-        elif m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-            got["idle"] = m
-        return len(got) == 2
-
-    c.wait_for(reply_or_idle, timeout=15, what="interrupted reply and idle")
-    assert got["reply"]["content"]["ename"] == "KeyboardInterrupt"
+    rep = c.wait_reply_and_idle(mid, timeout=15, what="interrupted reply and idle")
+    assert rep["content"]["ename"] == "KeyboardInterrupt"
     assert time.time() - t0 < 10
     assert stdout_of(c.execute("print(kept)")[1]) == "5\n"
 
