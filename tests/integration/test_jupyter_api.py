@@ -635,10 +635,11 @@ def test_pool_full_answers_well_inside_40s_by_default(make_gateway):
 
 
 def test_dead_status_when_no_worker_can_be_had(make_gateway):
-    # One worker in all, and a replacement has 300 ms to appear (it takes longer to start):
-    # when the kernel dies, the client hears "restarting", then "dead" from the gateway.
+    # One worker in all, and no time for a replacement to appear (the native kernel can
+    # start within a few hundred ms, so any wait would race it): when the kernel dies, the
+    # client hears "restarting", then "dead" from the gateway.
     g = make_gateway(["--min-idle-workers", "1", "--max-total-workers", "1",
-                      "--acquire-timeout-ms", "300"]).start()
+                      "--acquire-timeout-ms", "0"]).start()
     g.wait_status(lambda s: s["idle_workers"] == 1, timeout=60)
     a = new_kernel(g)
     c = ws(g, a)
