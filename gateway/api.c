@@ -297,6 +297,7 @@ static void handle_status(gw_t *gw, http_conn_t *conn) {
         gw->cfg.kernel, "launcher", gw->launcher->name, "uptime_s",
         (json_int_t)((now_mono_ms() - gw->started_mono_ms) / 1000));
     json_object_set_new(res, "waiting_sessions", json_integer(c.waiting));
+    json_object_set_new(res, "worker_transport", json_string(gw->cfg.worker_transport));
     /* The limits in force, so an operator can see what the options and environment gave. */
     const gw_config_t *cfg = &gw->cfg;
     json_object_set_new(

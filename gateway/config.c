@@ -3,6 +3,8 @@
 #include "config.h"
 #include "util.h"
 
+#include "firewall.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -62,6 +64,13 @@ static const struct opt opts[] = {
      "kernel: native (kernel-host, embedded CPython + IPython) | ipykernel (the reference)"},
     {"launcher", OPT_STR, O(launcher), S(launcher), 0, 0, "runc",
      "worker launcher: runc (sandboxed) | process (unsandboxed, development only)"},
+    {"worker-transport", OPT_STR, O(worker_transport), S(worker_transport), 0, 0, "ipc",
+     "how the gateway reaches kernels: ipc (socket files; the worker has no network but lo) | "
+     "tcp (a firewalled veth pair per worker; runc only)"},
+    {"worker-net4", OPT_STR, O(worker_net4), S(worker_net4), 0, 0, "10.255.0.0/16",
+     "tcp transport: IPv4 block for the workers' links, one /30 each (gateway .1, worker .2)"},
+    {"worker-net6", OPT_STR, O(worker_net6), S(worker_net6), 0, 0, "",
+     "tcp transport: IPv6 block for the workers' links, one /126 each; empty = IPv4 only"},
     {"uid-base", OPT_U32, O(uid_base), 0, 1000, 4000000000.0, "100000",
      "first uid given to workers (each worker runs as its own uid)"},
     {"uid-count", OPT_U32, O(uid_count), 0, 1, 1000000, "4096", "how many worker uids"},
@@ -132,6 +141,35 @@ static int validate(const gw_config_t *cfg, char *err, size_t errlen) {
     if (!streq(cfg->launcher, "runc") && !streq(cfg->launcher, "process")) {
         snprintf(err, errlen, "launcher must be runc or process, got '%s'", cfg->launcher);
         return -EINVAL;
+    }
+    if (!streq(cfg->worker_transport, "ipc") && !streq(cfg->worker_transport, "tcp")) {
+        snprintf(err, errlen, "worker-transport must be ipc or tcp, got '%s'",
+                 cfg->worker_transport);
+        return -EINVAL;
+    }
+    if (streq(cfg->worker_transport, "tcp")) {
+        /* The veth and its firewall live in the worker's own network namespace, which only
+         * the sandboxed launcher makes. */
+        if (!streq(cfg->launcher, "runc")) {
+            snprintf(err, errlen, "worker-transport tcp needs launcher runc");
+            return -EINVAL;
+        }
+        fw_pool_t pool;
+        if (fw_pool_parse(cfg->worker_net4, cfg->worker_net6[0] ? cfg->worker_net6 : NULL, &pool) <
+            0) {
+            snprintf(err, errlen,
+                     "worker-net4/worker-net6 must be CIDR blocks without host bits (IPv4 at "
+                     "most /30, IPv6 at most /126), got '%s' and '%s'",
+                     cfg->worker_net4, cfg->worker_net6);
+            return -EINVAL;
+        }
+        /* Each worker's link is indexed by its uid slot. */
+        if (fw_pool_size(&pool) < cfg->uid_count) {
+            snprintf(err, errlen,
+                     "worker-net4/worker-net6 give %u worker links, fewer than uid-count (%u)",
+                     fw_pool_size(&pool), cfg->uid_count);
+            return -EINVAL;
+        }
     }
     if (cfg->min_idle_workers > cfg->max_total_workers) {
         snprintf(err, errlen, "min-idle-workers (%u) exceeds max-total-workers (%u)",

@@ -29,6 +29,12 @@ typedef struct {
     uint64_t max_code_bytes;
     char kernel[16];   /* "ipykernel" | "native" */
     char launcher[16]; /* "runc" | "process" */
+    /* How the gateway reaches a worker's kernel: "ipc" (socket files in the worker's run dir;
+     * the worker has only lo) or "tcp" (a veth pair per worker, addresses from worker_net4/6,
+     * firewalled to the gateway's end; for kernels across a network boundary). */
+    char worker_transport[8];
+    char worker_net4[64]; /* IPv4 block cut into one /30 per worker (tcp) */
+    char worker_net6[64]; /* IPv6 block cut into one /126 per worker (tcp); "" = no IPv6 */
     char python[256];
     uint32_t uid_base;  /* first worker uid */
     uint32_t uid_count; /* worker uids available (sessions and workers each hold one) */

@@ -136,6 +136,12 @@ int gw_sandbox_init(gw_t *gw) {
 
     /* Network namespaces. */
     fw_config_init(&gw->fw);
+    if (streq(c->worker_transport, "tcp")) {
+        gw->fw.mode = FW_MODE_TCP;
+        if ((r = fw_pool_parse(c->worker_net4, c->worker_net6[0] ? c->worker_net6 : NULL,
+                               &gw->fw.pool)) < 0)
+            return r; /* validated with the options already */
+    }
 
     /* The launcher. */
     char runc_root[PATH_MAX], bundles[PATH_MAX], seccomp[PATH_MAX];
@@ -242,7 +248,9 @@ int gw_sandbox_prepare(gw_worker_t *w) {
     w->disk_ready = true;
     snprintf(w->disk_mount, sizeof w->disk_mount, "%s", info.mount_path);
     uint64_t t1 = now_mono_us();
-    r = fw_netns_create(&gw->fw, w->id, 0, &w->netns);
+    /* The TCP link's addresses follow the uid slot, which no two live workers share (a
+     * replacement takes its session's slot only after its predecessor's namespace is gone). */
+    r = fw_netns_create(&gw->fw, w->id, w->uid_slot, &w->netns);
     if (r < 0)
         return r;
     uint64_t t2 = now_mono_us();

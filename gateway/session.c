@@ -447,8 +447,20 @@ void gw_session_on_worker_ready(gw_session_t *s, gw_worker_t *w) {
 static void session_free(gw_session_t *s) {
     gw_t *gw = s->gw;
     gw_journal_touch(gw);
-    if (s->has_uid_slot)
-        gw_uid_slot_free(gw, s->uid_slot);
+    if (s->has_uid_slot) {
+        /* A worker of ours may still be tearing down under this uid (and, with the TCP
+         * transport, this slot's link addresses): it frees the slot when it is gone, so no new
+         * worker gets either while the old one still holds them. */
+        gw_worker_t *w, *holder = NULL;
+        TAILQ_FOREACH(w, &gw->workers, link)
+        if (streq(w->owner_kernel_id, s->kernel_id) && w->uid_slot == s->uid_slot &&
+            !w->has_uid_slot)
+            holder = w;
+        if (holder)
+            holder->has_uid_slot = true;
+        else
+            gw_uid_slot_free(gw, s->uid_slot);
+    }
     /* A disk whose worker is gone (or still detaching: its cleanup removes it then). */
     if (s->disk_name[0] && !s->disk_busy)
         gw_sandbox_remove_disk(gw, s->disk_name);

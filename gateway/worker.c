@@ -10,9 +10,12 @@
 #include "log.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -54,11 +57,52 @@ static void worker_free(gw_worker_t *w) {
 
 /* ---- start ------------------------------------------------------------------------------ */
 
+/* 0 once something listens on addr:port, -ECONNREFUSED if nothing does yet, other -errno if
+ * it cannot be known (the worker's link is down or firewalled). A refused connection on a
+ * veth is answered in microseconds; timeout_ms bounds the rest. */
+static int tcp_listening(const char *addr, int port, int timeout_ms) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
+        return -EINVAL;
+    _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+        return 0;
+    if (errno != EINPROGRESS)
+        return -errno;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int n = poll(&p, 1, timeout_ms);
+    if (n == 0)
+        return -ETIMEDOUT;
+    if (n < 0)
+        return -errno;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return -errno;
+    return -err;
+}
+
+/* The kernel's sockets exist: ipc socket files (never a symlink or a file in their place: the
+ * kernel's uid owns the directory) or TCP listeners on the worker's address. */
 static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
     uint64_t deadline = now_mono_ms() + timeout_ms;
+    bool tcp = streq(w->conn.transport, "tcp");
+    unsigned seen = 0; /* tcp: ports already found listening are not probed again */
     for (;;) {
         int missing = 0;
         for (int c = 0; c < JWIRE_NCHANNELS; c++) {
+            if (tcp) {
+                int r = seen & (1u << c) ? 0 : tcp_listening(w->conn.ip, w->conn.ports[c], 500);
+                if (r == -ECONNREFUSED || r == -ETIMEDOUT)
+                    missing++;
+                else if (r < 0)
+                    return r;
+                else
+                    seen |= 1u << c;
+                continue;
+            }
             char path[PATH_MAX];
             snprintf(path, sizeof path, "%s-%d", w->conn.ip, w->conn.ports[c]);
             struct stat st;
@@ -403,7 +447,10 @@ int gw_worker_adopt(gw_t *gw, const char *id, const char *container, pid_t pid, 
     int r;
     if ((r = xsnprintf(w->run_dir, sizeof w->run_dir, "%s/%s", gw->run_root, w->id)) < 0 ||
         (r = xsnprintf(w->conn_file, sizeof w->conn_file, "%s/kernel.json", w->run_dir)) < 0 ||
-        (r = jwire_conn_read(w->conn_file, &w->conn)) < 0 ||
+        (r = jwire_conn_read(w->conn_file, &w->conn)) < 0)
+        goto fail;
+    /* ipc: the kernel's path is its view of the run dir; ours is the run dir itself. */
+    if (!streq(w->conn.transport, "tcp") &&
         (r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
         goto fail;
     if ((r = wait_for_sockets(w, 0)) < 0)
@@ -493,20 +540,49 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
         goto fail;
     }
 
+    if (gw->disks) {
+        if (for_session && for_session->disk_name[0]) {
+            /* A replacement: the session's disk and uid come along. */
+            snprintf(w->disk_name, sizeof w->disk_name, "%s", for_session->disk_name);
+            w->disk_attach = true;
+            w->uid_slot = for_session->uid_slot;
+            snprintf(w->reserved_for, sizeof w->reserved_for, "%s", for_session->kernel_id);
+            snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s", for_session->kernel_id);
+        } else {
+            if ((r = gw_uid_slot_alloc(gw, &w->uid_slot)) < 0)
+                goto fail;
+            w->has_uid_slot = true;
+            snprintf(w->disk_name, sizeof w->disk_name, "%s", w->id);
+        }
+    }
+
     /* 64 random bytes as hex: a key longer than one HMAC block, as security.md asks. */
     jwire_conn_t kconn = {0};
     snprintf(kconn.transport, sizeof kconn.transport, "ipc");
     snprintf(kconn.signature_scheme, sizeof kconn.signature_scheme, "hmac-sha256");
     random_hex(kconn.key, 64);
     snprintf(kconn.kernel_name, sizeof kconn.kernel_name, "python3");
-    for (int c = 0; c < JWIRE_NCHANNELS; c++)
-        kconn.ports[c] = c + 1;
-    w->conn = kconn;
-    if ((r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
-        goto fail;
-    const char *kdir = gw->launcher->kernel_run_dir ? gw->launcher->kernel_run_dir : w->run_dir;
-    if ((r = xsnprintf(kconn.ip, sizeof kconn.ip, "%s/k", kdir)) < 0)
-        goto fail;
+    if (gw->fw.mode == FW_MODE_TCP) {
+        /* The kernel binds the worker's end of its veth; the gateway connects from the host
+         * end, the only address the worker's firewall lets in. Same ports in every worker. */
+        fw_link_addrs_t link;
+        if ((r = fw_pool_addrs(&gw->fw.pool, w->uid_slot, &link)) < 0)
+            goto fail;
+        snprintf(kconn.transport, sizeof kconn.transport, "tcp");
+        inet_ntop(AF_INET, &link.worker4, kconn.ip, sizeof kconn.ip);
+        for (int c = 0; c < JWIRE_NCHANNELS; c++)
+            kconn.ports[c] = gw->fw.port_min + c;
+        w->conn = kconn;
+    } else {
+        for (int c = 0; c < JWIRE_NCHANNELS; c++)
+            kconn.ports[c] = c + 1;
+        w->conn = kconn;
+        if ((r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
+            goto fail;
+        const char *kdir = gw->launcher->kernel_run_dir ? gw->launcher->kernel_run_dir : w->run_dir;
+        if ((r = xsnprintf(kconn.ip, sizeof kconn.ip, "%s/k", kdir)) < 0)
+            goto fail;
+    }
     if ((r = jwire_conn_write(w->conn_file, &kconn)) < 0)
         goto fail;
     w->signer = jwire_signer_new("hmac-sha256", w->conn.key, strlen(w->conn.key));
@@ -527,22 +603,6 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
         .pids_max = gw->cfg.worker_pids,
         .uid = 0,
     };
-    if (gw->disks) {
-        if (for_session && for_session->disk_name[0]) {
-            /* A replacement: the session's disk and uid come along. */
-            snprintf(w->disk_name, sizeof w->disk_name, "%s", for_session->disk_name);
-            w->disk_attach = true;
-            w->uid_slot = for_session->uid_slot;
-            snprintf(w->reserved_for, sizeof w->reserved_for, "%s", for_session->kernel_id);
-            snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s", for_session->kernel_id);
-        } else {
-            if ((r = gw_uid_slot_alloc(gw, &w->uid_slot)) < 0)
-                goto fail;
-            w->has_uid_slot = true;
-            snprintf(w->disk_name, sizeof w->disk_name, "%s", w->id);
-        }
-    }
-
     w->state = WORKER_STARTING;
     TAILQ_INSERT_TAIL(&gw->workers, w, link);
     gw->nworkers_live++;

@@ -134,7 +134,8 @@ def make_gateway():
 def leftovers(state_dir):
     """Everything of a gateway's that could outlive it: processes, containers, loop devices,
     mounts, network namespaces, cgroups. Empty lists when nothing is left."""
-    out = {"processes": [], "containers": [], "loops": [], "mounts": [], "netns": [], "cgroups": []}
+    out = {"processes": [], "containers": [], "loops": [], "mounts": [], "netns": [], "veths": [],
+           "cgroups": []}
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -163,6 +164,8 @@ def leftovers(state_dir):
     tag = hashlib.blake2b(state_dir.encode(), digest_size=16).hexdigest()[:4]
     if os.path.isdir("/run/netns"):
         out["netns"] = [n for n in os.listdir("/run/netns") if n.startswith("kbox-w" + tag)]
+    # TCP transport: the host ends of the workers' veths ("kbox-h" + the id after its "w").
+    out["veths"] = [n for n in os.listdir("/sys/class/net") if n.startswith("kbox-h" + tag)]
     for ctl in ("memory", "pids", "cpu"):
         d = f"/sys/fs/cgroup/{ctl}/kbox-w{tag}"
         if os.path.isdir(d):

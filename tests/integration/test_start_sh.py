@@ -58,5 +58,6 @@ def test_start_sh_help_lists_options():
     assert r.returncode == 0
     for opt in ("--host", "--port", "--state-dir", "--min-idle-workers", "--max-total-workers",
                 "--worker-cpu", "--worker-ram-mb", "--worker-disk-mb", "--exec-timeout-ms",
-                "--idle-timeout-s", "--max-output-bytes", "--max-queue"):
+                "--idle-timeout-s", "--max-output-bytes", "--max-queue", "--worker-transport",
+                "--worker-net4", "--worker-net6"):
         assert opt in r.stdout, opt

@@ -77,11 +77,50 @@ static void test_errors(void **state) {
     assert_non_null(strstr(gw_config_usage(), "--idle-timeout-s"));
 }
 
+static void test_worker_transport(void **state) {
+    gw_config_t c;
+    char err[256];
+    char *def[] = {"gw", NULL};
+    assert_int_equal(gw_config_load(&c, 1, def, no_env, err, sizeof err), 0);
+    assert_string_equal(c.worker_transport, "ipc");
+    assert_string_equal(c.worker_net4, "10.255.0.0/16");
+    assert_string_equal(c.worker_net6, "");
+    char *tcp[] = {"gw",           "--worker-transport",
+                   "tcp",          "--worker-net4",
+                   "10.9.0.0/24",  "--worker-net6",
+                   "fd00:1::/112", "--uid-count",
+                   "64",           NULL};
+    assert_int_equal(gw_config_load(&c, 9, tcp, no_env, err, sizeof err), 0);
+    assert_string_equal(c.worker_transport, "tcp");
+    assert_string_equal(c.worker_net6, "fd00:1::/112");
+    char *bad[] = {"gw", "--worker-transport", "udp", NULL};
+    assert_int_equal(gw_config_load(&c, 3, bad, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "worker-transport"));
+    /* tcp needs the runc launcher's own network namespaces */
+    char *proc[] = {"gw", "--worker-transport", "tcp", "--launcher", "process", NULL};
+    assert_int_equal(gw_config_load(&c, 5, proc, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "runc"));
+    /* host bits set, and a /24 (64 links) for 4096 uids */
+    char *host_bits[] = {"gw", "--worker-transport", "tcp", "--worker-net4", "10.9.0.1/24", NULL};
+    assert_int_equal(gw_config_load(&c, 5, host_bits, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "10.9.0.1/24"));
+    char *small[] = {"gw", "--worker-transport", "tcp", "--worker-net4", "10.9.0.0/24", NULL};
+    assert_int_equal(gw_config_load(&c, 5, small, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "uid-count"));
+    char *v6small[] = {"gw",           "--worker-transport", "tcp", "--worker-net6",
+                       "fd00:1::/122", "--uid-count",        "64",  NULL};
+    assert_int_equal(gw_config_load(&c, 7, v6small, no_env, err, sizeof err), -EINVAL);
+    /* an ipc gateway ignores the tcp blocks */
+    char *ipc[] = {"gw", "--worker-net4", "nonsense", NULL};
+    assert_int_equal(gw_config_load(&c, 3, ipc, no_env, err, sizeof err), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_env_then_argv),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_worker_transport),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
