@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 
 #define NUDGE_MS         200
+#define NUDGE_FIRST_MS   20
 #define KERNEL_MAX_FRAMS 256
 /* A channel's connection closing first and the process exit following is the usual order
  * when a kernel dies; wait this long for the exit so the reason given is the right one. */
@@ -513,7 +514,7 @@ static void launch_done(loop_t *loop, void *arg) {
         return;
     }
     send_kernel_info(w);
-    w->nudge_timer = loop_timer_add(loop, NUDGE_MS, NUDGE_MS, on_nudge, w);
+    w->nudge_timer = loop_timer_add(loop, NUDGE_FIRST_MS, NUDGE_MS, on_nudge, w);
     w->hb_timer =
         loop_timer_add(loop, w->gw->cfg.heartbeat_ms, w->gw->cfg.heartbeat_ms, on_hb_timer, w);
 }

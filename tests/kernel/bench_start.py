@@ -3,7 +3,11 @@
 time, for each kernel: the gateway's own "worker ready" log line (start_ms: from the worker's
 creation to its kernel_info reply with iopub flowing, and the container step alone).
 
-    /usr/bin/python3 tests/kernel/bench_start.py GATEWAY_BIN [-n 10]   (as root)
+    /usr/bin/python3 tests/kernel/bench_start.py GATEWAY_BIN [-n 10] [--kernels native]
+        [--gateway-arg=--worker-transport --gateway-arg=tcp]   (as root)
+
+Prints, per kernel, the medians of the whole start and of its steps (disk, network namespace
+with its firewall, container up to the kernel's sockets).
 """
 import argparse
 import json
@@ -24,14 +28,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(gw_bin, kernel, n):
+def run(gw_bin, kernel, n, extra=()):
     state = tempfile.mkdtemp(prefix=f"kbox-start-{kernel}-")
     port, token = free_port(), uuid.uuid4().hex
     log = open(os.path.join(state, "gateway.log"), "w+")
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "AUTH_TOKEN": token}
     gw = subprocess.Popen([gw_bin, "--host", "127.0.0.1", "--port", str(port), "--state-dir",
                            state, "--launcher", "runc", "--kernel", kernel,
-                           "--min-idle-workers", "1", "--max-total-workers", "4"],
+                           "--min-idle-workers", "1", "--max-total-workers", "4"] + list(extra),
                           env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     h = {"X-Auth-Token": token}
@@ -58,7 +62,7 @@ def run(gw_bin, kernel, n):
     finally:
         gw.terminate()
         gw.wait(timeout=60)
-    starts, containers = [], []
+    steps = {k: [] for k in ("start_ms", "disk_ms", "netns_ms", "container_ms")}
     log.seek(0)
     for line in log:
         try:
@@ -66,21 +70,27 @@ def run(gw_bin, kernel, n):
         except ValueError:
             continue
         if j.get("msg") == "worker ready":
-            starts.append(j["start_ms"])
-            containers.append(j.get("container_ms", 0))
-    starts, containers = sorted(starts[1:]), sorted(containers[1:])  # the first: at boot
-    return {"kernel": kernel, "n": len(starts), "start_ms_p50": round(starts[len(starts) // 2]),
-            "start_ms_max": round(starts[-1]),
-            "container_ms_p50": round(containers[len(containers) // 2])}
+            for k, v in steps.items():
+                v.append(j.get(k, 0))
+    steps = {k: sorted(v[1:]) for k, v in steps.items()}  # the first: at boot, with the others
+    out = {"kernel": kernel, "args": " ".join(extra), "n": len(steps["start_ms"]),
+           "start_ms_max": round(steps["start_ms"][-1])}
+    for k, v in steps.items():
+        out[k.replace("_ms", "_ms_p50")] = round(v[len(v) // 2], 1)
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("gateway")
     ap.add_argument("-n", type=int, default=10)
+    ap.add_argument("--kernels", default="ipykernel,native")
+    ap.add_argument("--gateway-arg", action="append", default=[],
+                    help="passed to the gateway (repeat: --gateway-arg=--worker-transport "
+                         "--gateway-arg=tcp)")
     args = ap.parse_args()
-    for k in ("ipykernel", "native"):
-        print(json.dumps(run(args.gateway, k, args.n)), flush=True)
+    for k in args.kernels.split(","):
+        print(json.dumps(run(args.gateway, k, args.n, args.gateway_arg)), flush=True)
 
 
 if __name__ == "__main__":
