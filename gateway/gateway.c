@@ -59,6 +59,12 @@ static int recover(gw_t *gw) {
             log_warn("journal", "cannot read the journal; sweeping everything", "{s:s}", "error",
                      strerror(-r));
         gw_sandbox_sweep(gw, keep_workers, keep_disks);
+        /* A session whose worker did not survive keeps its disk's image, not the mount its
+         * dead worker had: its replacement attaches the disk afresh. */
+        gw_session_t *s;
+        TAILQ_FOREACH(s, &gw->sessions, link)
+        if (s->reset_pending)
+            gw_sandbox_detach_disk(gw, s->disk_name);
     }
     /* Run dirs of workers that were not reattached. */
     DIR *d = opendir(gw->run_root);

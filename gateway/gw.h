@@ -326,6 +326,8 @@ void gw_sandbox_fini(gw_t *gw);
 int gw_sandbox_prepare(gw_worker_t *w);  /* work pool */
 void gw_sandbox_release(gw_worker_t *w); /* work pool */
 void gw_sandbox_remove_disk(gw_t *gw, const char *name);
+/* Unmounts a disk and frees its loop device, keeping the image (blocking: start-up only). */
+void gw_sandbox_detach_disk(gw_t *gw, const char *name);
 int gw_uid_slot_alloc(gw_t *gw, uint32_t *ret);
 int gw_uid_slot_take(gw_t *gw, uint32_t slot); /* -EEXIST if in use */
 

@@ -299,6 +299,15 @@ static void remove_disk_done(loop_t *loop, void *arg) {
     free(p);
 }
 
+void gw_sandbox_detach_disk(gw_t *gw, const char *name) {
+    if (!gw->disks || !name || !name[0])
+        return;
+    int r = disk_mgr_detach(gw->disks, name);
+    if (r != 0 && r != -ENOENT)
+        log_warn("sandbox", "disk detach incomplete", "{s:s,s:s}", "disk", name, "error",
+                 r > 0 ? "still in use (lazy unmount)" : strerror(-r));
+}
+
 void gw_sandbox_remove_disk(gw_t *gw, const char *name) {
     if (!gw->disks || !name || !name[0])
         return;

@@ -131,11 +131,18 @@ def make_gateway():
         g.stop()
 
 
+def _tag(state_dir):
+    import hashlib
+    # The gateway names its workers "w" + the first 4 hex of BLAKE2b-128(state_dir).
+    return hashlib.blake2b(state_dir.encode(), digest_size=16).hexdigest()[:4]
+
+
 def leftovers(state_dir):
     """Everything of a gateway's that could outlive it: processes, containers, loop devices,
-    mounts, network namespaces, cgroups. Empty lists when nothing is left."""
+    mounts, network namespaces, host veths (TCP transport), cgroups (every hierarchy), disk
+    images, per-worker run dirs (sockets, connection files). Empty lists when nothing is left."""
     out = {"processes": [], "containers": [], "loops": [], "mounts": [], "netns": [], "veths": [],
-           "cgroups": []}
+           "cgroups": [], "images": [], "run_dirs": []}
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -159,18 +166,36 @@ def leftovers(state_dir):
             pass
     with open("/proc/self/mountinfo") as f:
         out["mounts"] = [l.split()[4] for l in f if state_dir in l.split()[4]]
-    import hashlib
-    # The gateway names its workers "w" + the first 4 hex of BLAKE2b-128(state_dir).
-    tag = hashlib.blake2b(state_dir.encode(), digest_size=16).hexdigest()[:4]
+    tag = _tag(state_dir)
     if os.path.isdir("/run/netns"):
         out["netns"] = [n for n in os.listdir("/run/netns") if n.startswith("kbox-w" + tag)]
     # TCP transport: the host ends of the workers' veths ("kbox-h" + the id after its "w").
     out["veths"] = [n for n in os.listdir("/sys/class/net") if n.startswith("kbox-h" + tag)]
-    for ctl in ("memory", "pids", "cpu"):
-        d = f"/sys/fs/cgroup/{ctl}/kbox-w{tag}"
+    import glob
+    out["cgroups"] = sorted(glob.glob(f"/sys/fs/cgroup/kbox-w{tag}") +
+                            glob.glob(f"/sys/fs/cgroup/*/kbox-w{tag}"))
+    for sub, key in (("disks", "images"), ("run", "run_dirs")):
+        d = os.path.join(state_dir, sub)
         if os.path.isdir(d):
-            out["cgroups"].append(d)
+            out[key] = sorted(os.listdir(d))
     return out
+
+
+def live_resources(state_dir):
+    """Per-worker resources of a running gateway, counted by kind: with the pool settled each
+    should equal the gateway's live workers (images: workers' and sessions' disks). Mounts are
+    the workers' disks only (the rootfs and run-dir mounts are the gateway's own); cgroups are
+    the workers' in the memory hierarchy (v1) or the unified one (v2)."""
+    left = leftovers(state_dir)
+    mnt = os.path.join(state_dir, "mnt") + "/"
+    tag = _tag(state_dir)
+    parent = next((p for p in (f"/sys/fs/cgroup/memory/kbox-w{tag}", f"/sys/fs/cgroup/kbox-w{tag}")
+                   if os.path.isdir(p)), None)
+    cgroups = [c for c in os.listdir(parent) if os.path.isdir(os.path.join(parent, c))] if parent else []
+    return {"containers": len(left["containers"]), "loops": len(left["loops"]),
+            "disk_mounts": len([m for m in left["mounts"] if m.startswith(mnt)]),
+            "netns": len(left["netns"]), "images": len(left["images"]),
+            "run_dirs": len(left["run_dirs"]), "cgroups": len(cgroups)}
 
 
 def no_leftovers(state_dir):

@@ -3,10 +3,11 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 
 import pytest
 
-from conftest import LAUNCHER, no_leftovers, uid
+from conftest import LAUNCHER, live_resources, no_leftovers, uid
 
 pytestmark = pytest.mark.skipif(LAUNCHER != "runc", reason="reattach needs the sandboxed launcher")
 
@@ -29,6 +30,12 @@ def test_kill9_gateway_keeps_sessions(make_gateway):
         assert body["stdout"] == "survives on disk\n"
         assert body["kernel_id"] == kid
         assert body["session_reset"] is False
+        # Reattached, not duplicated: one set of resources per live worker (the session's and
+        # the idle one), nothing else.
+        st = g2.wait_status(lambda st: st["starting_workers"] == 0 and st["stopping_workers"] == 0
+                            and st["idle_workers"] == 1)
+        live = live_resources(state)
+        assert st["total_workers"] == 2 and live == dict.fromkeys(live, 2), (st, live)
         assert g2.stop() == 0
         assert no_leftovers(state) == {}
     finally:
@@ -48,6 +55,45 @@ def test_restart_without_journal_sweeps_everything(make_gateway):
         g2 = make_gateway(["--min-idle-workers", "0"], state_dir=state).start()
         st = g2.status()
         assert st["sessions"] == 0 and st["total_workers"] == 0
+        # Swept at start-up, not by the SIGTERM below: nothing of a worker's is left now.
+        live = live_resources(state)
+        assert live == dict.fromkeys(live, 0), live
+        assert g2.stop() == 0
+        assert no_leftovers(state) == {}
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_dead_worker_in_journal_is_swept_and_its_session_reset(make_gateway):
+    """The journal lists a worker that died while the gateway was down: the restart sweeps its
+    container, namespace, cgroup and run dir, and its session comes back reset with its
+    files."""
+    state = tempfile.mkdtemp(prefix="kbox-crash-")
+    try:
+        g = make_gateway(["--min-idle-workers", "0"], state_dir=state).start()
+        u = uid()
+        r = g.execute(u, "v = 1\nopen('/sandbox/f', 'w').write('kept')")
+        assert r.status_code == 200, r.text
+        kid = r.json()["kernel_id"]
+        g.proc.send_signal(signal.SIGKILL)
+        g.proc.wait()
+        import json
+        with open(os.path.join(state, "journal.json")) as f:
+            (worker,) = json.load(f)["workers"]
+        os.kill(worker["pid"], signal.SIGKILL)  # the container's init: the worker dies
+        deadline = time.time() + 10
+        while os.path.exists(f"/proc/{worker['pid']}") and time.time() < deadline:
+            time.sleep(0.05)
+
+        g2 = make_gateway(["--min-idle-workers", "0"], state_dir=state).start()
+        # Nothing of the dead worker's is left but the session's disk image (not mounted).
+        live = live_resources(state)
+        assert live == dict(dict.fromkeys(live, 0), images=1), live
+        r = g2.execute(u, "print(open('/sandbox/f').read()); print('v' in globals())")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["kernel_id"] == kid and body["session_reset"] is True, body
+        assert body["stdout"] == "kept\nFalse\n", body
         assert g2.stop() == 0
         assert no_leftovers(state) == {}
     finally:
