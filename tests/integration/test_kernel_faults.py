@@ -1,0 +1,93 @@
+"""How the gateway copes with kernels that are slow, half-hung or lossy, made deterministic by
+a fake kernel (fakekernel.py) that misbehaves on request: the gateway runs it through its
+process launcher in place of ipykernel. Heartbeat: any message counts as a sign of life, and a
+kernel that answers nothing is declared hung within --heartbeat-ms x --heartbeat-misses. Lost
+idles: the gateway probes until one arrives, and a timeout after the reply answers 200."""
+import os
+import stat
+import tempfile
+import time
+
+import pytest
+
+from conftest import uid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def fake_python():
+    # The process launcher runs `<python> -m ipykernel_launcher ... -f <conn>` with a clean
+    # environment: a wrapper with absolute paths stands in for the interpreter.
+    d = tempfile.mkdtemp(prefix="kbox-fake-")
+    path = os.path.join(d, "python")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec /usr/bin/python3 {os.path.join(HERE, "fakekernel.py")} "$@"\n')
+    os.chmod(path, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    yield path
+    os.unlink(path)
+    os.rmdir(d)
+
+
+@pytest.fixture
+def fake_gateway(make_gateway, fake_python):
+    def make(*args):
+        return make_gateway(["--launcher", "process", "--kernel", "ipykernel", "--python",
+                             fake_python, "--min-idle-workers", "1", "--heartbeat-ms", "200",
+                             "--heartbeat-misses", "3"] + list(args)).start()
+    return make
+
+
+def test_fake_kernel_answers(fake_gateway):
+    g = fake_gateway()
+    r = g.execute(uid(), "hello")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "hello\n"
+
+
+def test_output_counts_as_life_without_pongs(fake_gateway):
+    # No pong for 2.5 s (the window is 3 x 200 ms), but output all along: not hung.
+    g = fake_gateway()
+    u = uid()
+    r = g.execute(u, "silent-hb\nstream 25 100")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "".join(f"{i}\n" for i in range(25))
+    assert r.json()["session_reset"] is False
+
+
+def test_silent_kernel_is_declared_hung(fake_gateway):
+    g = fake_gateway()
+    u = uid()
+    assert g.execute(u, "x").status_code == 200
+    t0 = time.time()
+    r = g.execute(u, "stream 1 10\nhang\nstream 1 10", timeout_ms=30000)
+    # The reply never comes; no pong, no message: hung after ~3 heartbeat periods, not at the
+    # 30 s timeout.
+    assert r.status_code == 503, r.text
+    assert time.time() - t0 < 10, r.text
+    # The session gets a new kernel.
+    r = g.execute(u, "again")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "again\n" and r.json()["session_reset"] is True, r.text
+
+
+def test_lost_idles_are_recovered_by_probes(fake_gateway):
+    # The reply comes, its idle never does, nor the idles of the first two probes: the gateway
+    # keeps probing (once a second) until one is answered.
+    g = fake_gateway()
+    t0 = time.time()
+    r = g.execute(uid(), "drop-idle 2\nthree probes later", timeout_ms=20000)
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "three probes later\n"
+    assert r.json()["timed_out"] is False
+    assert 2 <= time.time() - t0 < 10
+
+
+def test_timeout_after_the_reply_answers_200(fake_gateway):
+    # Every idle lost: the reply is in, so the timeout finishes the execution with what it
+    # has rather than interrupting finished code.
+    g = fake_gateway()
+    u = uid()
+    r = g.execute(u, "drop-idle 1000\ndone", timeout_ms=1500)
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "done\n" and r.json()["error"] is None, r.text
