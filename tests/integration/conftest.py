@@ -47,6 +47,18 @@ class Gateway:
     def start(self, wait_healthy=True, timeout=60):
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            return self._wait_started(wait_healthy, timeout)
+        except BaseException:
+            # A module fixture that fails here never reaches its stop(): stop it now (SIGTERM,
+            # so its workers go too), and report why it did not start rather than how it stopped.
+            try:
+                self.stop()
+            except AssertionError:
+                pass
+            raise
+
+    def _wait_started(self, wait_healthy, timeout):
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.proc.poll() is None, f"gateway exited early:\n{self.read_log()}"
