@@ -123,19 +123,19 @@ static void handle_execute(gw_t *gw, http_conn_t *conn, const http_request_t *re
     json_t *jc = json_object_get(body, "code");
     json_t *jt = json_object_get(body, "timeout_ms");
     const char *problem = NULL;
+    int status = 400;
     if (!jc)
         problem = "code is required";
     else if (!json_is_string(jc))
         problem = "code must be a string";
-    else if (json_string_length(jc) > gw->cfg.max_code_bytes)
+    else if (json_string_length(jc) > gw->cfg.max_code_bytes) {
         problem = "code is larger than max-code-bytes";
-    else if (jt && !json_is_null(jt) && (!json_is_integer(jt) || json_integer_value(jt) <= 0))
+        status = 413;
+    } else if (jt && !json_is_null(jt) && (!json_is_integer(jt) || json_integer_value(jt) <= 0))
         problem = "timeout_ms must be a positive integer";
     if (problem) {
-        json_decref(body);
-        respond_err(
-            conn, json_is_string(jc) && json_string_length(jc) > gw->cfg.max_code_bytes ? 413 : 400,
-            "invalid request", problem);
+        json_decref(body); /* jc and jt with it */
+        respond_err(conn, status, "invalid request", problem);
         return;
     }
     if (gw->shutting_down) {

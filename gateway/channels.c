@@ -26,7 +26,8 @@
 
 struct gw_wsclient {
     TAILQ_ENTRY(gw_wsclient) link;
-    gw_session_t *session; /* NULL once the session is gone */
+    gw_session_t *session; /* NULL once the session is gone (then in gw->closing) */
+    gw_t *gw;
     ws_conn_t *ws;
     wsframe_proto_t proto;
     bool dropping;    /* over OUT_SOFT_BYTES, not yet back under OUT_RESUME_BYTES */
@@ -238,6 +239,8 @@ static void on_ws_close(ws_conn_t *ws, uint16_t code, void *arg) {
         forget_routes_of(s, c);
         s->last_activity_us = now_wall_us();
         s->last_activity_mono_ms = now_mono_ms();
+    } else {
+        TAILQ_REMOVE(&c->gw->closing, c, link);
     }
     free(c);
 }
@@ -254,6 +257,7 @@ void gw_channels_open(gw_t *gw, gw_session_t *s, http_conn_t *conn, const http_r
         return;
     }
     c->session = s;
+    c->gw = gw;
     static const char *const supported[] = {WSFRAME_V1_SUBPROTOCOL, NULL};
     const char *sub = ws_subprotocol_select(req, supported);
     if (sub)
@@ -295,7 +299,18 @@ void gw_channels_close_all(gw_session_t *s) {
         TAILQ_REMOVE(&s->clients, c, link);
         s->nclients--;
         c->session = NULL;
+        /* Until the client answers the close (or the gateway stops): see gw_channels_fini. */
+        TAILQ_INSERT_TAIL(&c->gw->closing, c, link);
         ws_close(c->ws, 1001, "kernel shut down");
     }
     zlistx_destroy(&s->held);
+}
+
+void gw_channels_fini(gw_t *gw) {
+    gw_wsclient_t *c;
+    while ((c = TAILQ_FIRST(&gw->closing))) {
+        TAILQ_REMOVE(&gw->closing, c, link);
+        ws_destroy(&c->ws); /* no on_close from here */
+        free(c);
+    }
 }

@@ -95,6 +95,7 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
     TAILQ_INIT(&gw->idle);
     TAILQ_INIT(&gw->sessions);
     TAILQ_INIT(&gw->waiting);
+    TAILQ_INIT(&gw->closing);
     gw->by_user = zhashx_new();
     gw->by_kernel = zhashx_new();
     gw->expired = zhashx_new();
@@ -217,7 +218,7 @@ void gw_shutdown(gw_t *gw) {
         next = TAILQ_NEXT(w, link);
         gw_worker_destroy(w, "shutdown");
     }
-    loop_timer_add(gw->loop, SHUTDOWN_DEADLINE_MS, 0, on_deadline, gw);
+    gw->deadline_timer = loop_timer_add(gw->loop, SHUTDOWN_DEADLINE_MS, 0, on_deadline, gw);
     gw_maybe_finish_shutdown(gw);
 }
 
@@ -227,6 +228,8 @@ void gw_destroy(gw_t **gw_p) {
         return;
     *gw_p = NULL;
     http_server_destroy(&gw->http);
+    gw_channels_fini(gw);
+    loop_watch_del(gw->loop, &gw->deadline_timer);
     /* Runs pending cleanups (their done callbacks free the workers). */
     loop_destroy(&gw->loop);
     zhashx_destroy(&gw->by_user);

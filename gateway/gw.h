@@ -207,6 +207,8 @@ void gw_channels_flush(gw_session_t *s);
 void gw_channels_status(gw_session_t *s, const char *state);
 /* Close every client of a session being released. */
 void gw_channels_close_all(gw_session_t *s);
+/* Gateway teardown: drops the connections of clients still closing (no handshake wait). */
+void gw_channels_fini(gw_t *gw);
 
 /* kernels_api.c: the Jupyter Server kernels REST API under /api. */
 void gw_kernels_api(gw_t *gw, http_conn_t *conn, const http_request_t *req);
@@ -293,9 +295,10 @@ struct gw {
     TAILQ_HEAD(, gw_worker) idle;
     TAILQ_HEAD(, gw_session) sessions;
     TAILQ_HEAD(, gw_session) waiting;
-    zhashx_t *by_user;   /* user_uuid -> session */
-    zhashx_t *by_kernel; /* kernel_id -> session */
-    zhashx_t *expired;   /* user_uuids released for idleness (bounded): session_reset */
+    TAILQ_HEAD(, gw_wsclient) closing; /* WebSocket clients of gone sessions, closing */
+    zhashx_t *by_user;                 /* user_uuid -> session */
+    zhashx_t *by_kernel;               /* kernel_id -> session */
+    zhashx_t *expired; /* user_uuids released for idleness (bounded): session_reset */
     zlistx_t *expired_order;
     uint32_t nworkers_live; /* starting + ready + stopping */
     bool initializing;
@@ -314,7 +317,8 @@ struct gw {
     bool clean_exit;         /* every worker was stopped: the journal can go */
     char id_prefix[8];       /* "w" + 4 hex from the state dir: our netns/veth names, ours alone */
     uint32_t spawn_failures; /* consecutive; reset when a worker becomes ready */
-    loop_watch_t *backoff_timer; /* while set, no new workers are started */
+    loop_watch_t *backoff_timer;  /* while set, no new workers are started */
+    loop_watch_t *deadline_timer; /* shutdown: stop with work pending after this */
     uint64_t started_mono_ms;
 };
 

@@ -22,6 +22,16 @@ cmake --build build-asan -j"$(nproc)" >/dev/null
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j2 \
   -E '^(root_|integration_|bench_|kernel_(conformance|hostile|ipython|fastpath|backpressure)$)'
 
+# 1b. The gateway's own end-to-end suites against the sanitizer build: requests, the Jupyter
+# API, limits, options, faulty kernels, crashes and the TCP transport drive every gateway path,
+# and a gateway whose ASan, LSan or UBSan reports anything fails its test (conftest.py reads
+# its log at stop). Memory-measuring tests are left out: ASan's quarantine inflates RSS.
+(cd tests/integration && ASAN_OPTIONS=detect_leaks=1 KBOX_TEST_KERNEL=native \
+  KBOX_GATEWAY_BIN="$here/build-asan/gateway/kbox-gateway" PYTHONDONTWRITEBYTECODE=1 \
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider -m "not rss" test_execute.py \
+    test_jupyter_api.py test_limits.py test_options.py test_kernel_faults.py test_crash.py \
+    test_tcp_transport.py)
+
 # 2. Everything, including root and integration suites, on the optimised build.
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null

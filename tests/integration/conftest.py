@@ -21,6 +21,15 @@ LAUNCHER = os.environ.get("KBOX_TEST_LAUNCHER", "runc")
 KERNEL = os.environ.get("KBOX_TEST_KERNEL", "native")
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "rss: measures the gateway's memory (deselected under ASan, which inflates it)")
+
+
+# What a sanitizer build of the gateway prints when it finds a bug (ASan, LSan, UBSan).
+SANITIZER_REPORT = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,10 +80,11 @@ class Gateway:
             time.sleep(0.05)
         raise AssertionError(f"gateway not healthy in {timeout}s:\n{self.read_log()}")
 
-    def read_log(self):
+    def read_log(self, whole=False):
         try:
             with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-20000:]
+                text = f.read().decode(errors="replace")
+                return text if whole else text[-20000:]
         except OSError:
             return ""
 
@@ -117,8 +127,10 @@ class Gateway:
                 self.proc.wait()
                 raise AssertionError("gateway did not stop within %ss" % timeout)
         rc = self.proc.returncode if self.proc else None
+        report = [m for m in SANITIZER_REPORT if m in self.read_log(whole=True)]
         if self.own_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        assert not report, f"the gateway's sanitizer reported {report}:\n{self.read_log()}"
         return rc
 
 

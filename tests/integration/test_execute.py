@@ -1,6 +1,7 @@
 """POST /execute, /release, /status, /healthz, /metrics against the real gateway and kernels."""
 import concurrent.futures
 import json
+import os
 import random
 import socket
 import time
@@ -9,7 +10,20 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import uid
+from conftest import LAUNCHER, uid
+
+
+def sandbox_image(g, u):
+    """The host path of the disk image mounted at the session's /sandbox: the device numbers
+    of /sandbox inside are those of the loop device on the host."""
+    r = g.execute(u, "import os\nst = os.stat('/sandbox')\nprint(os.major(st.st_dev), os.minor(st.st_dev))")
+    assert r.status_code == 200, r.text
+    major, minor = r.json()["stdout"].split()
+    with open(f"/sys/dev/block/{major}:{minor}/loop/backing_file") as f:
+        path = f.read().strip()
+    assert path.startswith(os.path.join(g.state_dir, "disks") + "/") and path.endswith(".img"), path
+    assert os.path.exists(path), path
+    return path
 
 
 def test_state_kept_across_calls(gw):
@@ -120,7 +134,13 @@ def test_timeout_keeps_session(gw):
 
 def test_swallowed_interrupt_resets_session(gw):
     u = uid()
+    sandboxed = LAUNCHER == "runc"  # only the sandbox gives a session a disk of its own
+    if sandboxed:
+        image = sandbox_image(gw, u)
+        r = gw.execute(u, "open('/sandbox/keep.txt', 'w').write('on disk')")
+        assert r.status_code == 200 and r.json()["error"] is None, r.text
     assert gw.execute(u, "kept = 1").status_code == 200
+    kid = gw.execute(u, "1").json()["kernel_id"]
     code = (
         "import time\n"
         "while True:\n"
@@ -138,8 +158,16 @@ def test_swallowed_interrupt_resets_session(gw):
     assert r.status_code == 200, r.text
     assert r.json()["stdout"] == "False\n"
     assert r.json()["session_reset"] is True
+    assert r.json()["kernel_id"] == kid  # the same session, on a new worker
+    if sandboxed:
+        # Memory is gone, the disk followed the session to its new worker.
+        r = gw.execute(u, "print(open('/sandbox/keep.txt').read())")
+        assert r.status_code == 200, r.text
+        assert r.json()["stdout"] == "on disk\n" and r.json()["session_reset"] is False
+        assert sandbox_image(gw, u) == image
     # And the one after that is an ordinary call on the fresh kernel.
     assert gw.execute(u, "1").json()["session_reset"] is False
+    gw.release(u)
 
 
 def test_kernel_kill9_gives_503_and_fresh_session(gw):
@@ -283,12 +311,19 @@ def test_client_disconnect_interrupts_kernel(gw):
 def test_release_frees_worker(gw):
     u = uid()
     gw.execute(u, "a = 1")
+    image = sandbox_image(gw, u) if LAUNCHER == "runc" else None
     before = gw.status()
     assert before["busy_workers"] >= 1
     r = gw.release(u)
     assert r.status_code == 200
     after = gw.wait_status(lambda s: s["sessions"] == before["sessions"] - 1)
     assert after["busy_workers"] == before["busy_workers"] - 1
+    if image:
+        # The session's disk goes with it (its worker is torn down in the background).
+        deadline = time.time() + 20
+        while os.path.exists(image) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(image), image
     assert gw.release(u).status_code == 404
     r = gw.execute(u, "print('a' in dir())")
     assert r.json()["stdout"] == "False\n"

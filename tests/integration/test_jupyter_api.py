@@ -543,6 +543,7 @@ def gateway_mem_kb(g, field):
     raise AssertionError(f"no {field}")
 
 
+@pytest.mark.rss
 def test_slow_client_cannot_grow_gateway_memory(make_gateway):
     g = make_gateway(["--min-idle-workers", "1"]).start()
     u = uid()

@@ -1,15 +1,15 @@
 """Limits and lifecycle, each on a gateway configured for it."""
 import concurrent.futures
 import os
+import shutil
 import signal
 import subprocess
 import time
 
+import pytest
 import requests
 
-import shutil
-
-from conftest import uid, LAUNCHER, no_leftovers
+from conftest import LAUNCHER, no_leftovers, uid
 
 
 def test_output_cap_truncates_text_keeps_images_whole(make_gateway):
@@ -47,6 +47,7 @@ FLOOD = ("from IPython.display import display\n"
          "print('flood done')\n")
 
 
+@pytest.mark.rss
 def test_kernel_output_flood_bounds_gateway_memory(make_gateway):
     g = make_gateway(["--min-idle-workers", "1", "--max-output-bytes", "65536",
                       "--kernel-queue-msgs", os.environ.get("KBOX_TEST_QUEUE_MSGS", "16")]).start()

@@ -16,7 +16,7 @@ static jwire_msg_t *sample(int nbufs) {
         jwire_msg_new("execute_request", "sess", "user", NULL, json_pack("{s:s}", "code", "1+1"));
     assert_non_null(m);
     for (int i = 0; i < nbufs; i++) {
-        char b[8];
+        char b[16];
         snprintf(b, sizeof b, "buf%d", i);
         zmsg_addmem(m->buffers, b, strlen(b));
     }
