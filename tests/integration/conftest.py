@@ -3,7 +3,6 @@
 The gateway binary comes from KBOX_GATEWAY_BIN (set by ctest). The launcher is runc unless
 KBOX_TEST_LAUNCHER says otherwise; tests that need root fail (not skip) without it.
 """
-import json
 import os
 import random
 import shutil
@@ -28,6 +27,17 @@ def pytest_configure(config):
 
 # What a sanitizer build of the gateway prints when it finds a bug (ASan, LSan, UBSan).
 SANITIZER_REPORT = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+# Code that swallows every KeyboardInterrupt: only a replaced kernel stops it.
+SWALLOW_FOREVER = (
+    "import time\n"
+    "while True:\n"
+    "    try:\n"
+    "        time.sleep(0.05)\n"
+    "    except KeyboardInterrupt:\n"
+    "        pass\n"
+)
 
 
 def free_port():

@@ -12,32 +12,38 @@ from conftest import LAUNCHER, live_resources, no_leftovers, uid
 pytestmark = pytest.mark.skipif(LAUNCHER != "runc", reason="reattach needs the sandboxed launcher")
 
 
+def kill9_keeps_session(make_gateway, args, state):
+    """A session's variables and files survive a kill -9 of the gateway and its restart on
+    the same state dir; the restart reattaches (one set of resources per live worker: the
+    session's and one idle, args must ask for --min-idle-workers 1), and SIGTERM then leaves
+    nothing. Shared with the TCP transport's test."""
+    g = make_gateway(args, state_dir=state).start()
+    u = uid()
+    r = g.execute(u, "v = 'survives'\nopen('/sandbox/f', 'w').write('on disk')")
+    assert r.status_code == 200, r.text
+    kid = r.json()["kernel_id"]
+    g.proc.send_signal(signal.SIGKILL)
+    g.proc.wait()
+
+    g2 = make_gateway(args, state_dir=state).start()
+    r = g2.execute(u, "print(v, open('/sandbox/f').read())")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stdout"] == "survives on disk\n"
+    assert body["kernel_id"] == kid
+    assert body["session_reset"] is False
+    st = g2.wait_status(lambda st: st["starting_workers"] == 0 and st["stopping_workers"] == 0
+                        and st["idle_workers"] == 1)
+    live = live_resources(state)
+    assert st["total_workers"] == 2 and live == dict.fromkeys(live, 2), (st, live)
+    assert g2.stop() == 0
+    assert no_leftovers(state) == {}
+
+
 def test_kill9_gateway_keeps_sessions(make_gateway):
     state = tempfile.mkdtemp(prefix="kbox-crash-")
     try:
-        g = make_gateway(["--min-idle-workers", "1"], state_dir=state).start()
-        u = uid()
-        r = g.execute(u, "v = 'survives'\nopen('/sandbox/f', 'w').write('on disk')")
-        assert r.status_code == 200, r.text
-        kid = r.json()["kernel_id"]
-        g.proc.send_signal(signal.SIGKILL)
-        g.proc.wait()
-
-        g2 = make_gateway(["--min-idle-workers", "1"], state_dir=state).start()
-        r = g2.execute(u, "print(v, open('/sandbox/f').read())")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["stdout"] == "survives on disk\n"
-        assert body["kernel_id"] == kid
-        assert body["session_reset"] is False
-        # Reattached, not duplicated: one set of resources per live worker (the session's and
-        # the idle one), nothing else.
-        st = g2.wait_status(lambda st: st["starting_workers"] == 0 and st["stopping_workers"] == 0
-                            and st["idle_workers"] == 1)
-        live = live_resources(state)
-        assert st["total_workers"] == 2 and live == dict.fromkeys(live, 2), (st, live)
-        assert g2.stop() == 0
-        assert no_leftovers(state) == {}
+        kill9_keeps_session(make_gateway, ["--min-idle-workers", "1"], state)
     finally:
         shutil.rmtree(state, ignore_errors=True)
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import LAUNCHER, uid
+from conftest import LAUNCHER, SWALLOW_FOREVER, uid
 
 
 def sandbox_image(g, u):
@@ -141,15 +141,7 @@ def test_swallowed_interrupt_resets_session(gw):
         assert r.status_code == 200 and r.json()["error"] is None, r.text
     assert gw.execute(u, "kept = 1").status_code == 200
     kid = gw.execute(u, "1").json()["kernel_id"]
-    code = (
-        "import time\n"
-        "while True:\n"
-        "    try:\n"
-        "        time.sleep(0.05)\n"
-        "    except KeyboardInterrupt:\n"
-        "        pass\n"
-    )
-    r = gw.execute(u, code, timeout_ms=500)
+    r = gw.execute(u, SWALLOW_FOREVER, timeout_ms=500)
     assert r.status_code == 504, r.text
     body = r.json()
     assert body["session_reset"] is True

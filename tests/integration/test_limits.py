@@ -7,9 +7,8 @@ import subprocess
 import time
 
 import pytest
-import requests
 
-from conftest import LAUNCHER, no_leftovers, uid
+from conftest import no_leftovers, uid
 
 
 def test_output_cap_truncates_text_keeps_images_whole(make_gateway):

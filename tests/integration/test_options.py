@@ -2,26 +2,16 @@
 with the default instead) would make the test fail, not just checks that it is accepted."""
 import os
 import shutil
-import signal
 import tempfile
 import time
 
 import pytest
 import requests
 
-from conftest import KERNEL, LAUNCHER, no_leftovers, uid
+from conftest import KERNEL, LAUNCHER, SWALLOW_FOREVER, no_leftovers, uid
 
 # Code that never finishes by itself but stops at the first KeyboardInterrupt.
 SLEEP_FOREVER = "import time\nwhile True:\n    time.sleep(0.05)\n"
-# Code that swallows every KeyboardInterrupt: only a replaced kernel stops it.
-SWALLOW_FOREVER = (
-    "import time\n"
-    "while True:\n"
-    "    try:\n"
-    "        time.sleep(0.05)\n"
-    "    except KeyboardInterrupt:\n"
-    "        pass\n"
-)
 
 
 def test_exec_timeout_caps_request_timeout(make_gateway):

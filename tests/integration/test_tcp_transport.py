@@ -12,14 +12,14 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 
 import pytest
 
-from conftest import LAUNCHER, no_leftovers, uid
+from conftest import LAUNCHER, uid
+from test_crash import kill9_keeps_session
 from test_security import run, run_json
 
 pytestmark = pytest.mark.skipif(LAUNCHER != "runc", reason="needs the sandboxed launcher")
@@ -229,22 +229,9 @@ def test_kill9_reattach_and_sigterm_leave_nothing(make_gateway):
     args = ["--min-idle-workers", "1"] + tcp_args(net4, net6)
     state = tempfile.mkdtemp(prefix="kbox-tcp-")
     try:
-        g = make_gateway(args, state_dir=state).start()
-        u = uid()
-        r = g.execute(u, "v = 'survives'\nopen('/sandbox/f', 'w').write('on disk')")
-        assert r.status_code == 200, r.text
-        kid = r.json()["kernel_id"]
-        g.proc.send_signal(signal.SIGKILL)
-        g.proc.wait()
-
-        # The restarted gateway reattaches the kernel over its link and sweeps nothing of it.
-        g2 = make_gateway(args, state_dir=state).start()
-        r = g2.execute(u, "print(v, open('/sandbox/f').read())")
-        assert r.status_code == 200, r.text
-        assert r.json()["stdout"] == "survives on disk\n", r.text
-        assert r.json()["kernel_id"] == kid
-        assert g2.stop() == 0
-        assert no_leftovers(state) == {}  # veths included
+        # Reattached over its link; then SIGTERM leaves nothing (veths included) ...
+        kill9_keeps_session(make_gateway, args, state)
+        # ... not even an address of the block on the host.
         addrs = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
         block4, block6 = ipaddress.ip_network(net4), ipaddress.ip_network(net6)
         for line in addrs.splitlines():
