@@ -84,7 +84,7 @@ static const struct opt opts[] = {
     {"heartbeat-misses", OPT_U32, O(heartbeat_misses), 0, 1, 1000, "6",
      "heartbeat periods with no sign of life before a kernel is declared hung"},
     {"python", OPT_STR, O(python), S(python), 0, 0, "/usr/bin/python3",
-     "Python interpreter the kernels run"},
+     "Python interpreter ipykernel runs (the native kernel embeds its own)"},
 };
 
 static int set_opt(gw_config_t *cfg, const struct opt *o, const char *val, const char *origin,

@@ -74,7 +74,7 @@ static int proc_start(launcher_t *self, const launcher_spec_t *spec, launcher_pr
         }
         if (chdir(home) < 0)
             _exit(127);
-        execve(spec->python, argv, envp);
+        execve(argv[0], argv, envp); /* the interpreter, or the kernel host */
         _exit(127);
     }
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);

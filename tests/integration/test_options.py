@@ -186,3 +186,14 @@ def test_python_interpreter_is_used(make_gateway):
                        "--acquire-timeout-ms", "3000"]).start()
     r = g3.execute(uid(), "1", http_timeout=60)
     assert r.status_code == 503, r.text
+
+
+def test_process_launcher_runs_the_kernel(make_gateway):
+    # The unsandboxed development launcher, with this suite's kernel (native: the kernel host
+    # binary beside the gateway; ipykernel: --python).
+    g = make_gateway(["--launcher", "process", "--min-idle-workers", "1"]).start()
+    r = g.execute(uid(), "import os\nprint(os.getpid() > 1)\n6 * 7")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "True\n", r.text
+    assert r.json()["result_text"].split()[-1] == "42", r.text
+    assert g.status()["launcher"] == "process"
