@@ -170,8 +170,11 @@ int gw_journal_recover(gw_t *gw, zlistx_t *keep_workers, zlistx_t *keep_disks) {
         zlistx_add_end(keep_disks, w->disk_name);
         const char *kid = json_string_value(json_object_get(jw, "session"));
         gw_session_t *s = gw_session_find_kernel(gw, kid);
-        if (s && !s->worker)
+        if (s && !s->worker) {
             snprintf(w->reserved_for, sizeof w->reserved_for, "%s", s->kernel_id);
+            /* Its disk and uid are the session's: kept, and handed on, when it goes. */
+            snprintf(w->owner_kernel_id, sizeof w->owner_kernel_id, "%s", s->kernel_id);
+        }
     }
     json_decref(j);
     /* A session whose worker did not survive comes back reset, with its files. */

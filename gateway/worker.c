@@ -58,6 +58,28 @@ static void worker_free(gw_worker_t *w) {
 
 /* ---- start ------------------------------------------------------------------------------ */
 
+/* Where a worker's kernel listens, from our configuration alone: tcp, the worker's end of the
+ * slot's link and the firewall's ports; ipc, socket files "<dir>/k-<n>". */
+static int set_endpoints(const gw_t *gw, uint32_t slot, const char *dir, jwire_conn_t *conn) {
+    if (gw->fw.mode == FW_MODE_TCP) {
+        /* The kernel binds the worker's end of its veth; the gateway connects from the host
+         * end, the only address the worker's firewall lets in. Same ports in every worker. */
+        fw_link_addrs_t link;
+        int r = fw_pool_addrs(&gw->fw.pool, slot, &link);
+        if (r < 0)
+            return r;
+        snprintf(conn->transport, sizeof conn->transport, "tcp");
+        inet_ntop(AF_INET, &link.worker4, conn->ip, sizeof conn->ip);
+        for (int c = 0; c < JWIRE_NCHANNELS; c++)
+            conn->ports[c] = gw->fw.port_min + c;
+        return 0;
+    }
+    snprintf(conn->transport, sizeof conn->transport, "ipc");
+    for (int c = 0; c < JWIRE_NCHANNELS; c++)
+        conn->ports[c] = c + 1;
+    return xsnprintf(conn->ip, sizeof conn->ip, "%s/k", dir);
+}
+
 /* 0 once something listens on addr:port, -ECONNREFUSED if nothing does yet, other -errno if
  * it cannot be known (the worker's link is down or firewalled). A refused connection on a
  * veth is answered in microseconds; timeout_ms bounds the rest. */
@@ -331,7 +353,9 @@ static void on_lost_timer(loop_t *loop, loop_watch_t *t, void *arg) {
         ++w->iopub_drops <= IOPUB_REOPENS_PER_MIN) {
         w->lost_channels = 0;
         close_channel(w, JWIRE_IOPUB);
-        int r = wait_for_sockets(w, 0);
+        /* ipc: the socket file is checked again (never a symlink). tcp: nothing to check, and
+         * a connect probe could block this thread on a kernel that stalls its accept queue. */
+        int r = streq(w->conn.transport, "tcp") ? 0 : wait_for_sockets(w, 0);
         if (r >= 0)
             r = open_channel(w, JWIRE_IOPUB);
         if (r >= 0) {
@@ -450,9 +474,10 @@ int gw_worker_adopt(gw_t *gw, const char *id, const char *container, pid_t pid, 
         (r = xsnprintf(w->conn_file, sizeof w->conn_file, "%s/kernel.json", w->run_dir)) < 0 ||
         (r = jwire_conn_read(w->conn_file, &w->conn)) < 0)
         goto fail;
-    /* ipc: the kernel's path is its view of the run dir; ours is the run dir itself. */
-    if (!streq(w->conn.transport, "tcp") &&
-        (r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
+    /* The kernel's uid can rewrite its connection file: only the key comes from it; where to
+     * connect comes from our configuration and the worker's slot, as when it was spawned. */
+    snprintf(w->conn.signature_scheme, sizeof w->conn.signature_scheme, "hmac-sha256");
+    if ((r = set_endpoints(gw, uid_slot, w->run_dir, &w->conn)) < 0)
         goto fail;
     if ((r = wait_for_sockets(w, 0)) < 0)
         goto fail;
@@ -563,27 +588,12 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
     snprintf(kconn.signature_scheme, sizeof kconn.signature_scheme, "hmac-sha256");
     random_hex(kconn.key, 64);
     snprintf(kconn.kernel_name, sizeof kconn.kernel_name, "python3");
-    if (gw->fw.mode == FW_MODE_TCP) {
-        /* The kernel binds the worker's end of its veth; the gateway connects from the host
-         * end, the only address the worker's firewall lets in. Same ports in every worker. */
-        fw_link_addrs_t link;
-        if ((r = fw_pool_addrs(&gw->fw.pool, w->uid_slot, &link)) < 0)
-            goto fail;
-        snprintf(kconn.transport, sizeof kconn.transport, "tcp");
-        inet_ntop(AF_INET, &link.worker4, kconn.ip, sizeof kconn.ip);
-        for (int c = 0; c < JWIRE_NCHANNELS; c++)
-            kconn.ports[c] = gw->fw.port_min + c;
-        w->conn = kconn;
-    } else {
-        for (int c = 0; c < JWIRE_NCHANNELS; c++)
-            kconn.ports[c] = c + 1;
-        w->conn = kconn;
-        if ((r = xsnprintf(w->conn.ip, sizeof w->conn.ip, "%s/k", w->run_dir)) < 0)
-            goto fail;
-        const char *kdir = gw->launcher->kernel_run_dir ? gw->launcher->kernel_run_dir : w->run_dir;
-        if ((r = xsnprintf(kconn.ip, sizeof kconn.ip, "%s/k", kdir)) < 0)
-            goto fail;
-    }
+    /* The gateway's view of the endpoints, then the kernel's (ipc: its path of the run dir). */
+    const char *kdir = gw->launcher->kernel_run_dir ? gw->launcher->kernel_run_dir : w->run_dir;
+    w->conn = kconn;
+    if ((r = set_endpoints(gw, w->uid_slot, w->run_dir, &w->conn)) < 0 ||
+        (r = set_endpoints(gw, w->uid_slot, kdir, &kconn)) < 0)
+        goto fail;
     if ((r = jwire_conn_write(w->conn_file, &kconn)) < 0)
         goto fail;
     w->signer = jwire_signer_new("hmac-sha256", w->conn.key, strlen(w->conn.key));

@@ -36,6 +36,13 @@ def kill9_keeps_session(make_gateway, args, state):
                         and st["idle_workers"] == 1)
     live = live_resources(state)
     assert st["total_workers"] == 2 and live == dict.fromkeys(live, 2), (st, live)
+    # The reattached worker is the session's: when its kernel dies, the disk stays with the
+    # session and its replacement gets it (not deleted with the dead worker).
+    r = g2.execute(u, "import os\nos._exit(1)")
+    assert r.status_code == 503, r.text
+    r = g2.execute(u, "print(open('/sandbox/f').read())")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "on disk\n" and r.json()["session_reset"] is True, r.text
     assert g2.stop() == 0
     assert no_leftovers(state) == {}
 
