@@ -392,7 +392,14 @@ def test_interrupt_and_restart_over_the_channels(gw):
     assert rep["content"]["status"] == "error"
     assert rep["content"]["ename"] == "KeyboardInterrupt"
     assert time.time() - t0 < 10
-    assert stdout_of(c.execute("print(kept)")[1]) == "7\n"
+    # ipykernel aborts (status "aborted", nothing run) requests that reach it within its
+    # stop-on-error window after the interrupt's error, even after its idle: ask again then.
+    for _ in range(5):
+        rep, msgs = c.execute("print(kept)")
+        if rep["content"]["status"] != "aborted":
+            break
+        time.sleep(0.2)
+    assert stdout_of(msgs) == "7\n", rep
 
     old_session = c.seen[-1]["header"]["session"]
     r = api(gw, "POST", f"/api/kernels/{kid}/restart")
