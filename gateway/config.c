@@ -3,8 +3,6 @@
 #include "config.h"
 #include "util.h"
 
-#include "firewall.h"
-
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -133,6 +131,10 @@ static void env_name(const char *opt, char *buf, size_t len) {
     buf[i] = '\0';
 }
 
+int gw_config_worker_pool(const gw_config_t *cfg, fw_pool_t *ret) {
+    return fw_pool_parse(cfg->worker_net4, cfg->worker_net6[0] ? cfg->worker_net6 : NULL, ret);
+}
+
 static int validate(const gw_config_t *cfg, char *err, size_t errlen) {
     if (!streq(cfg->kernel, "ipykernel") && !streq(cfg->kernel, "native")) {
         snprintf(err, errlen, "kernel must be ipykernel or native, got '%s'", cfg->kernel);
@@ -155,8 +157,7 @@ static int validate(const gw_config_t *cfg, char *err, size_t errlen) {
             return -EINVAL;
         }
         fw_pool_t pool;
-        if (fw_pool_parse(cfg->worker_net4, cfg->worker_net6[0] ? cfg->worker_net6 : NULL, &pool) <
-            0) {
+        if (gw_config_worker_pool(cfg, &pool) < 0) {
             snprintf(err, errlen,
                      "worker-net4/worker-net6 must be CIDR blocks without host bits (IPv4 at "
                      "most /30, IPv6 at most /126), got '%s' and '%s'",

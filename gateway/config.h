@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "firewall.h"
+
 typedef struct {
     char host[256];
     uint16_t port;
@@ -53,6 +55,10 @@ typedef struct {
  * Returns 1 (not an error) if --help was given; the caller prints gw_config_usage(). */
 int gw_config_load(gw_config_t *cfg, int argc, char **argv,
                    const char *(*getenv_fn)(const char *name), char *err, size_t errlen);
+
+/* The TCP transport's address pool from worker_net4 and worker_net6 ("" = IPv4 only):
+ * 0 or -EINVAL. */
+int gw_config_worker_pool(const gw_config_t *cfg, fw_pool_t *ret);
 
 /* The --help text with defaults; static storage. */
 const char *gw_config_usage(void);

@@ -62,9 +62,10 @@ static int recover(gw_t *gw) {
         /* A session whose worker did not survive keeps its disk's image, not the mount its
          * dead worker had: its replacement attaches the disk afresh. */
         gw_session_t *s;
-        TAILQ_FOREACH(s, &gw->sessions, link)
-        if (s->reset_pending)
-            gw_sandbox_detach_disk(gw, s->disk_name);
+        TAILQ_FOREACH(s, &gw->sessions, link) {
+            if (s->reset_pending)
+                gw_sandbox_detach_disk(gw, s->disk_name);
+        }
     }
     /* Run dirs of workers that were not reattached. */
     DIR *d = opendir(gw->run_root);

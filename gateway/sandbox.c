@@ -138,8 +138,7 @@ int gw_sandbox_init(gw_t *gw) {
     fw_config_init(&gw->fw);
     if (streq(c->worker_transport, "tcp")) {
         gw->fw.mode = FW_MODE_TCP;
-        if ((r = fw_pool_parse(c->worker_net4, c->worker_net6[0] ? c->worker_net6 : NULL,
-                               &gw->fw.pool)) < 0)
+        if ((r = gw_config_worker_pool(c, &gw->fw.pool)) < 0)
             return r; /* validated with the options already */
     }
 
