@@ -8,13 +8,15 @@
 #include "jwire.h"
 #include "util.h"
 
+#include <nettle/hmac.h>
 #include <sodium.h>
 #include <time.h>
 #include <zmq.h>
 
 #define JWIRE_DEFAULT_MAX_BYTES  ((size_t)64 * 1024 * 1024)
 #define JWIRE_DEFAULT_MAX_FRAMES ((size_t)64)
-#define JWIRE_HEX_LEN            (2 * crypto_auth_hmacsha256_BYTES)
+#define JWIRE_MAC_LEN            SHA256_DIGEST_SIZE
+#define JWIRE_HEX_LEN            (2 * JWIRE_MAC_LEN)
 /* Cap so ring indices fit the uint32_t hash table and a typo cannot allocate gigabytes. */
 #define JWIRE_REPLAY_MAX_CAP ((size_t)1 << 24)
 /* A connection file is a few hundred bytes; anything much larger is not one. */
@@ -22,11 +24,14 @@
 
 /* ---- signing ---------------------------------------------------------------------------- */
 
+/* HMAC-SHA256 is nettle's, not libsodium's: every message a kernel sends or the gateway
+ * receives is signed or verified, and nettle's SHA-256 uses the CPU's SHA extensions where
+ * it has them (libsodium's is portable C): 0.5 against 2.9 us per 600-byte message here. */
 struct jwire_signer {
     bool null;
-    /* HMAC state right after init: the key schedule (including hashing keys longer than a
-     * block) is done once here, and each message starts from a copy of it. */
-    crypto_auth_hmacsha256_state base;
+    /* HMAC state right after the key was set: the key schedule (including hashing keys
+     * longer than a block) is done once here, and each message starts from a copy of it. */
+    struct hmac_sha256_ctx base;
 };
 
 jwire_signer_t *jwire_signer_new(const char *scheme, const void *key, size_t keylen) {
@@ -56,7 +61,7 @@ jwire_signer_t *jwire_signer_new(const char *scheme, const void *key, size_t key
     }
     self->null = null;
     if (!null)
-        crypto_auth_hmacsha256_init(&self->base, key, keylen);
+        hmac_sha256_set_key(&self->base, keylen, key);
     return self;
 }
 
@@ -75,11 +80,11 @@ bool jwire_signer_is_null(const jwire_signer_t *self) {
 
 /* Raw MAC of the four parts; the caller knows the signer is not null. */
 static void signer_mac(const jwire_signer_t *self, const void *const parts[4], const size_t lens[4],
-                       unsigned char mac[crypto_auth_hmacsha256_BYTES]) {
-    crypto_auth_hmacsha256_state st = self->base;
+                       unsigned char mac[JWIRE_MAC_LEN]) {
+    struct hmac_sha256_ctx st = self->base;
     for (size_t i = 0; i < 4; i++)
-        crypto_auth_hmacsha256_update(&st, parts[i], lens[i]);
-    crypto_auth_hmacsha256_final(&st, mac);
+        hmac_sha256_update(&st, lens[i], parts[i]);
+    hmac_sha256_digest(&st, JWIRE_MAC_LEN, mac);
     sodium_memzero(&st, sizeof st);
 }
 
@@ -91,7 +96,7 @@ int jwire_signer_sign(const jwire_signer_t *self, const void *const parts[4], co
         ret_hex[0] = '\0';
         return 0;
     }
-    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    unsigned char mac[JWIRE_MAC_LEN];
     signer_mac(self, parts, lens, mac);
     sodium_bin2hex(ret_hex, JWIRE_HEX_LEN + 1, mac, sizeof mac);
     return 0;
