@@ -4,17 +4,22 @@
  * stays quiet until the next change. So a zmq watch is called repeatedly while ZMQ_EVENTS has
  * ZMQ_POLLIN, and a send (which can swallow the edge) must kick a re-check. Watches removed
  * inside a callback are only marked dead and freed after the current batch, so a pointer in
- * the epoll batch is never dangling. */
+ * the epoll batch is never dangling.
+ *
+ * Timers are a binary min-heap of deadlines that sets epoll_wait's timeout, not a timerfd
+ * each: the gateway arms and drops a few timers per request (an execution's timeout, a late
+ * idle's probe), and a timerfd costs five system calls over its life (create, settime,
+ * epoll add and delete, close) where the heap costs none. */
 #include "loop.h"
 #include "util.h"
 
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
-#include <sys/timerfd.h>
 #include <czmq.h>
 #include <zmq.h>
 
@@ -38,6 +43,9 @@ struct loop_watch {
     void *arg;
     loop_watch_t *next_dead;
     loop_watch_t *next_kick;
+    /* W_TIMER: monotonic deadline, period (0: one-shot), place in the heap (-1: not in it) */
+    uint64_t due_us, period_us;
+    ssize_t heap_at;
 };
 
 struct defer {
@@ -59,6 +67,8 @@ struct loop {
     loop_watch_t *dead;
     loop_watch_t *kicks;
     struct defer *defer_head, *defer_tail;
+    loop_watch_t **timers; /* min-heap on due_us */
+    size_t ntimers, timers_cap;
 
     /* thread pool */
     unsigned nthreads;
@@ -153,37 +163,132 @@ static void zmq_dispatch(loop_t *loop, loop_watch_t *w) {
         loop_zmq_kick(loop, w);
 }
 
+/* ---- timers (the heap) ---- */
+
+static bool timer_before(const loop_watch_t *a, const loop_watch_t *b) {
+    return a->due_us < b->due_us;
+}
+
+static void heap_set(loop_t *loop, size_t i, loop_watch_t *w) {
+    loop->timers[i] = w;
+    w->heap_at = (ssize_t)i;
+}
+
+static void heap_up(loop_t *loop, size_t i) {
+    loop_watch_t *w = loop->timers[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!timer_before(w, loop->timers[parent]))
+            break;
+        heap_set(loop, i, loop->timers[parent]);
+        i = parent;
+    }
+    heap_set(loop, i, w);
+}
+
+static void heap_down(loop_t *loop, size_t i) {
+    loop_watch_t *w = loop->timers[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= loop->ntimers)
+            break;
+        if (c + 1 < loop->ntimers && timer_before(loop->timers[c + 1], loop->timers[c]))
+            c++;
+        if (!timer_before(loop->timers[c], w))
+            break;
+        heap_set(loop, i, loop->timers[c]);
+        i = c;
+    }
+    heap_set(loop, i, w);
+}
+
+static int heap_push(loop_t *loop, loop_watch_t *w) {
+    if (loop->ntimers == loop->timers_cap) {
+        size_t ncap = loop->timers_cap ? loop->timers_cap * 2 : 16;
+        loop_watch_t **n = realloc(loop->timers, ncap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        loop->timers = n;
+        loop->timers_cap = ncap;
+    }
+    heap_set(loop, loop->ntimers++, w);
+    heap_up(loop, loop->ntimers - 1);
+    return 0;
+}
+
+static void heap_remove(loop_t *loop, loop_watch_t *w) {
+    if (w->heap_at < 0)
+        return;
+    size_t i = (size_t)w->heap_at;
+    w->heap_at = -1;
+    loop_watch_t *last = loop->timers[--loop->ntimers];
+    if (last == w)
+        return;
+    heap_set(loop, i, last);
+    heap_up(loop, i);
+    heap_down(loop, (size_t)last->heap_at);
+}
+
 loop_watch_t *loop_timer_add(loop_t *loop, uint64_t after_ms, uint64_t repeat_ms, loop_timer_fn fn,
                              void *arg) {
-    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (fd < 0)
+    loop_watch_t *w = calloc(1, sizeof *w);
+    if (!w)
         return NULL;
-    loop_watch_t *w = watch_new(loop, W_TIMER, fd, EPOLLIN);
-    if (!w) {
-        close(fd);
-        return NULL;
-    }
-    w->owns_fd = true;
+    *w = (loop_watch_t){.kind = W_TIMER, .fd = -1, .heap_at = -1, .arg = arg};
     w->fn.timer = fn;
-    w->arg = arg;
     if (loop_timer_rearm(loop, w, after_ms, repeat_ms) < 0) {
-        loop_watch_del(loop, &w);
+        free(w);
+        errno = ENOMEM;
         return NULL;
     }
     return w;
 }
 
 int loop_timer_rearm(loop_t *loop, loop_watch_t *w, uint64_t after_ms, uint64_t repeat_ms) {
-    (void)loop;
+    if (!w || w->kind != W_TIMER || w->dead)
+        return -EINVAL;
     if (after_ms == 0)
-        after_ms = 1; /* 0 would disarm */
-    struct itimerspec its = {
-        .it_value = {.tv_sec = (time_t)(after_ms / 1000),
-                     .tv_nsec = (long)(after_ms % 1000) * 1000000L},
-        .it_interval = {.tv_sec = (time_t)(repeat_ms / 1000),
-                        .tv_nsec = (long)(repeat_ms % 1000) * 1000000L},
-    };
-    return timerfd_settime(w->fd, 0, &its, NULL) < 0 ? -errno : 0;
+        after_ms = 1; /* as a timerfd: never "now" */
+    w->due_us = now_mono_us() + after_ms * 1000u;
+    w->period_us = repeat_ms * 1000u;
+    if (w->heap_at < 0)
+        return heap_push(loop, w);
+    heap_up(loop, (size_t)w->heap_at);
+    heap_down(loop, (size_t)w->heap_at);
+    return 0;
+}
+
+/* epoll_wait's timeout for the earliest timer: -1 without one; rounded up, so a timer is
+ * never woken for before its deadline. */
+static int timers_timeout_ms(loop_t *loop) {
+    if (loop->ntimers == 0)
+        return -1;
+    uint64_t now = now_mono_us(), due = loop->timers[0]->due_us;
+    if (due <= now)
+        return 0;
+    uint64_t ms = (due - now + 999) / 1000;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* Runs the timers that are due, each at most once per pass (a periodic one that fell behind
+ * fires once, as a timerfd read reports its overruns in one wakeup). */
+static void timers_run(loop_t *loop) {
+    uint64_t now = now_mono_us();
+    size_t budget = loop->ntimers;
+    while (budget-- > 0 && loop->ntimers > 0 && !loop->stop) {
+        loop_watch_t *w = loop->timers[0];
+        if (w->due_us > now)
+            break;
+        if (w->period_us) {
+            w->due_us += w->period_us;
+            if (w->due_us <= now)
+                w->due_us = now + w->period_us;
+            heap_down(loop, 0);
+        } else {
+            heap_remove(loop, w);
+        }
+        w->fn.timer(loop, w, w->arg);
+    }
 }
 
 loop_watch_t *loop_signal_add(loop_t *loop, int signo, loop_signal_fn fn, void *arg) {
@@ -215,7 +320,10 @@ void loop_watch_del(loop_t *loop, loop_watch_t **w_p) {
     if (w->dead)
         return;
     w->dead = true;
-    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    if (w->kind == W_TIMER)
+        heap_remove(loop, w);
+    else
+        epoll_ctl(loop->epfd, EPOLL_CTL_DEL, w->fd, NULL);
     if (w->owns_fd) {
         close(w->fd);
         w->fd = -1;
@@ -396,6 +504,10 @@ void loop_destroy(loop_t **loop_p) {
         close(loop->efd);
     if (loop->epfd >= 0)
         close(loop->epfd);
+    /* Timers still armed belong to callers that did not delete them: only the heap goes. */
+    for (size_t i = 0; i < loop->ntimers; i++)
+        loop->timers[i]->heap_at = -1;
+    free(loop->timers);
     pthread_mutex_destroy(&loop->mu);
     pthread_cond_destroy(&loop->cv);
     free(loop);
@@ -425,12 +537,8 @@ static void dispatch(loop_t *loop, loop_watch_t *w, uint32_t ev) {
     case W_ZMQ:
         zmq_dispatch(loop, w);
         break;
-    case W_TIMER: {
-        uint64_t n;
-        if (read(w->fd, &n, sizeof n) == (ssize_t)sizeof n)
-            w->fn.timer(loop, w, w->arg);
+    case W_TIMER: /* never in epoll: timers_run */
         break;
-    }
     case W_SIGNAL: {
         struct signalfd_siginfo si;
         while (!w->dead && read(w->fd, &si, sizeof si) == (ssize_t)sizeof si)
@@ -464,7 +572,7 @@ int loop_run(loop_t *loop) {
         }
         if (loop->stop)
             break;
-        int timeout = (loop->defer_head || loop->kicks) ? 0 : -1;
+        int timeout = (loop->defer_head || loop->kicks) ? 0 : timers_timeout_ms(loop);
         int n = epoll_wait(loop->epfd, evs, (int)ARRAY_SIZE(evs), timeout);
         if (n < 0) {
             if (errno == EINTR)
@@ -473,6 +581,7 @@ int loop_run(loop_t *loop) {
         }
         for (int i = 0; i < n && !loop->stop; i++)
             dispatch(loop, evs[i].data.ptr, evs[i].events);
+        timers_run(loop);
         reap_dead(loop);
     }
     return 0;

@@ -68,8 +68,15 @@ def _make_shell():
     from IPython.core.history import HistoryManager
     from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 
+    # IPython keeps its per-cell bookkeeping in traitlets; each set validates the value and
+    # builds a change notification (about a fifth of the kernel's instructions for a trivial
+    # cell). Nothing observes the eight that change on every cell, so our subclasses declare
+    # them as plain attributes: same names, same values. execution_count stays a trait (it
+    # is public API that code may observe).
     class KboxDisplayHook(DisplayHook):
         """The last expression of a cell: execute_result, sent by C."""
+
+        exec_result = None
 
         def start_displayhook(self):
             pass
@@ -98,6 +105,7 @@ def _make_shell():
         """History in memory only: no SQLite file, no saving thread, no write per cell."""
 
         enabled = CBool(False)
+        _i00 = _i = _ii = _iii = ""
 
         def store_inputs(self, line_num, source, source_raw=None):
             super().store_inputs(line_num, source, source_raw)
@@ -119,6 +127,8 @@ def _make_shell():
         kernel = Any(None)
         keepkernel_on_exit = None
         _last_traceback = None
+        last_execution_succeeded = True
+        last_execution_result = None
 
         @default("exiter")
         def _default_exiter(self):

@@ -45,6 +45,33 @@ def test_last_expression_and_count(k):
     assert result(out)["data"]["text/plain"] == "21"
 
 
+def test_input_output_history_variables(k):
+    """IPython's per-cell bookkeeping, as ipykernel shows it (values taken from ipykernel
+    6.17 with the same cells): input history _i/_ii/_iii/_iN/In, output history
+    Out/_N/_/__, and the shell's last execution result and status."""
+    reply, _ = k.execute("v = 6 * 7\nv")
+    n = reply["execution_count"]
+    k.execute("'second'")
+    k.execute("w = 1")
+    reply, out = k.execute(
+        f"(_i, _ii, _iii, _i{n}, In[{n}], Out[{n}], _{n}, _, __, "
+        "get_ipython().last_execution_succeeded, "
+        f"get_ipython().last_execution_result.execution_count - {n}, "
+        "get_ipython().last_execution_result.result)")
+    assert eval(result(out)["data"]["text/plain"]) == (
+        "w = 1", "'second'", "v = 6 * 7\nv", "v = 6 * 7\nv", "v = 6 * 7\nv", 42, 42, "second",
+        42, True, 2, None)
+    k.execute("1/0")
+    reply, out = k.execute("ip = get_ipython(); (ip.last_execution_succeeded, "
+                           "type(ip.last_execution_result.error_in_exec).__name__, "
+                           "ip.history_manager._i)")
+    assert eval(result(out)["data"]["text/plain"]) == (False, "ZeroDivisionError", "1/0")
+    k.execute("v + 1")
+    reply, out = k.execute("get_ipython().last_execution_result.result, _, "
+                           "get_ipython().displayhook.exec_result is not None")
+    assert eval(result(out)["data"]["text/plain"]) == (43, 43, True)
+
+
 def test_pandas_html(k):
     reply, out = k.execute("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})")
     assert reply["status"] == "ok"
