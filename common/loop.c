@@ -43,10 +43,17 @@ struct loop_watch {
     void *arg;
     loop_watch_t *next_dead;
     loop_watch_t *next_kick;
-    /* W_TIMER: monotonic deadline, period (0: one-shot), place in the heap (-1: not in it) */
-    uint64_t due_us, period_us;
+    /* W_TIMER: period (0: one-shot), place in the heap (-1: not in it) */
+    uint64_t period_us;
     ssize_t heap_at;
 };
+
+/* A heap entry keeps its deadline next to the watch: sifting compares without a pointer
+ * chase. */
+typedef struct {
+    uint64_t due_us;
+    loop_watch_t *w;
+} timer_slot_t;
 
 struct defer {
     loop_defer_fn fn;
@@ -67,7 +74,7 @@ struct loop {
     loop_watch_t *dead;
     loop_watch_t *kicks;
     struct defer *defer_head, *defer_tail;
-    loop_watch_t **timers; /* min-heap on due_us */
+    timer_slot_t *timers; /* min-heap on due_us */
     size_t ntimers, timers_cap;
 
     /* thread pool */
@@ -165,54 +172,56 @@ static void zmq_dispatch(loop_t *loop, loop_watch_t *w) {
 
 /* ---- timers (the heap) ---- */
 
-static bool timer_before(const loop_watch_t *a, const loop_watch_t *b) {
-    return a->due_us < b->due_us;
-}
-
-static void heap_set(loop_t *loop, size_t i, loop_watch_t *w) {
-    loop->timers[i] = w;
-    w->heap_at = (ssize_t)i;
+static void heap_set(loop_t *loop, size_t i, timer_slot_t slot) {
+    loop->timers[i] = slot;
+    slot.w->heap_at = (ssize_t)i;
 }
 
 static void heap_up(loop_t *loop, size_t i) {
-    loop_watch_t *w = loop->timers[i];
+    timer_slot_t t = loop->timers[i];
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (!timer_before(w, loop->timers[parent]))
+        if (loop->timers[parent].due_us <= t.due_us)
             break;
         heap_set(loop, i, loop->timers[parent]);
         i = parent;
     }
-    heap_set(loop, i, w);
+    heap_set(loop, i, t);
 }
 
 static void heap_down(loop_t *loop, size_t i) {
-    loop_watch_t *w = loop->timers[i];
+    timer_slot_t t = loop->timers[i];
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= loop->ntimers)
             break;
-        if (c + 1 < loop->ntimers && timer_before(loop->timers[c + 1], loop->timers[c]))
+        if (c + 1 < loop->ntimers && loop->timers[c + 1].due_us < loop->timers[c].due_us)
             c++;
-        if (!timer_before(loop->timers[c], w))
+        if (t.due_us <= loop->timers[c].due_us)
             break;
         heap_set(loop, i, loop->timers[c]);
         i = c;
     }
-    heap_set(loop, i, w);
+    heap_set(loop, i, t);
 }
 
-static int heap_push(loop_t *loop, loop_watch_t *w) {
-    if (loop->ntimers == loop->timers_cap) {
-        size_t ncap = loop->timers_cap ? loop->timers_cap * 2 : 16;
-        loop_watch_t **n = realloc(loop->timers, ncap * sizeof *n);
-        if (!n)
-            return -ENOMEM;
-        loop->timers = n;
-        loop->timers_cap = ncap;
+/* Puts w in the heap at due_us, or moves it there. */
+static int heap_schedule(loop_t *loop, loop_watch_t *w, uint64_t due_us) {
+    if (w->heap_at < 0) {
+        if (loop->ntimers == loop->timers_cap) {
+            size_t ncap = loop->timers_cap ? loop->timers_cap * 2 : 16;
+            timer_slot_t *n = realloc(loop->timers, ncap * sizeof *n);
+            if (!n)
+                return -ENOMEM;
+            loop->timers = n;
+            loop->timers_cap = ncap;
+        }
+        w->heap_at = (ssize_t)loop->ntimers++;
     }
-    heap_set(loop, loop->ntimers++, w);
-    heap_up(loop, loop->ntimers - 1);
+    size_t i = (size_t)w->heap_at;
+    loop->timers[i] = (timer_slot_t){.due_us = due_us, .w = w};
+    heap_up(loop, i);
+    heap_down(loop, (size_t)w->heap_at);
     return 0;
 }
 
@@ -221,12 +230,12 @@ static void heap_remove(loop_t *loop, loop_watch_t *w) {
         return;
     size_t i = (size_t)w->heap_at;
     w->heap_at = -1;
-    loop_watch_t *last = loop->timers[--loop->ntimers];
-    if (last == w)
+    timer_slot_t last = loop->timers[--loop->ntimers];
+    if (last.w == w)
         return;
     heap_set(loop, i, last);
     heap_up(loop, i);
-    heap_down(loop, (size_t)last->heap_at);
+    heap_down(loop, (size_t)last.w->heap_at);
 }
 
 loop_watch_t *loop_timer_add(loop_t *loop, uint64_t after_ms, uint64_t repeat_ms, loop_timer_fn fn,
@@ -249,13 +258,8 @@ int loop_timer_rearm(loop_t *loop, loop_watch_t *w, uint64_t after_ms, uint64_t 
         return -EINVAL;
     if (after_ms == 0)
         after_ms = 1; /* as a timerfd: never "now" */
-    w->due_us = now_mono_us() + after_ms * 1000u;
     w->period_us = repeat_ms * 1000u;
-    if (w->heap_at < 0)
-        return heap_push(loop, w);
-    heap_up(loop, (size_t)w->heap_at);
-    heap_down(loop, (size_t)w->heap_at);
-    return 0;
+    return heap_schedule(loop, w, now_mono_us() + after_ms * 1000u);
 }
 
 /* epoll_wait's timeout for the earliest timer: -1 without one; rounded up, so a timer is
@@ -263,7 +267,7 @@ int loop_timer_rearm(loop_t *loop, loop_watch_t *w, uint64_t after_ms, uint64_t 
 static int timers_timeout_ms(loop_t *loop) {
     if (loop->ntimers == 0)
         return -1;
-    uint64_t now = now_mono_us(), due = loop->timers[0]->due_us;
+    uint64_t now = now_mono_us(), due = loop->timers[0].due_us;
     if (due <= now)
         return 0;
     uint64_t ms = (due - now + 999) / 1000;
@@ -276,14 +280,13 @@ static void timers_run(loop_t *loop) {
     uint64_t now = now_mono_us();
     size_t budget = loop->ntimers;
     while (budget-- > 0 && loop->ntimers > 0 && !loop->stop) {
-        loop_watch_t *w = loop->timers[0];
-        if (w->due_us > now)
+        timer_slot_t t = loop->timers[0];
+        loop_watch_t *w = t.w;
+        if (t.due_us > now)
             break;
         if (w->period_us) {
-            w->due_us += w->period_us;
-            if (w->due_us <= now)
-                w->due_us = now + w->period_us;
-            heap_down(loop, 0);
+            uint64_t next = t.due_us + w->period_us;
+            (void)heap_schedule(loop, w, next > now ? next : now + w->period_us);
         } else {
             heap_remove(loop, w);
         }
@@ -506,7 +509,7 @@ void loop_destroy(loop_t **loop_p) {
         close(loop->epfd);
     /* Timers still armed belong to callers that did not delete them: only the heap goes. */
     for (size_t i = 0; i < loop->ntimers; i++)
-        loop->timers[i]->heap_at = -1;
+        loop->timers[i].w->heap_at = -1;
     free(loop->timers);
     pthread_mutex_destroy(&loop->mu);
     pthread_cond_destroy(&loop->cv);

@@ -30,6 +30,7 @@ typedef struct {
 } harness_t;
 
 static harness_t H;
+static int ids[64]; /* ids[i] == i: the callback argument of timer i */
 
 static int index_of(loop_watch_t *w) {
     for (int i = 0; i < 64; i++)
@@ -39,7 +40,7 @@ static int index_of(loop_watch_t *w) {
 }
 
 static void on_timer(loop_t *loop, loop_watch_t *w, void *arg) {
-    int i = (int)(intptr_t)arg;
+    int i = *(const int *)arg;
     assert_int_equal(index_of(w), i);
     H.fired_us[i] = now_mono_us();
     H.fires[i]++;
@@ -57,7 +58,7 @@ static void on_timer(loop_t *loop, loop_watch_t *w, void *arg) {
 
 static void arm(int i, uint64_t after_ms, uint64_t repeat_ms) {
     H.armed_us[i] = now_mono_us();
-    H.w[i] = loop_timer_add(H.loop, after_ms, repeat_ms, on_timer, (void *)(intptr_t)i);
+    H.w[i] = loop_timer_add(H.loop, after_ms, repeat_ms, on_timer, &ids[i]);
     assert_non_null(H.w[i]);
 }
 
@@ -68,6 +69,8 @@ static void guard(loop_t *loop, loop_watch_t *w, void *arg) {
 static int setup(void **state) {
     memset(&H, 0, sizeof H);
     H.del_target = H.rearm_target = H.stop_on = H.self_del = -1;
+    for (int i = 0; i < 64; i++)
+        ids[i] = i;
     H.stop_after = 64;
     H.loop = loop_new(0);
     assert_non_null(H.loop);
