@@ -70,3 +70,56 @@ def test_should_run_async():
     assert shell.should_run_async("await f()", transformed_cell="await f()\n") is True
     assert shell.should_run_async("async def f(): pass",
                                   transformed_cell="async def f(): pass\n") is False
+
+
+def test_shell_transform_matches_ipython():
+    """The whole of the shell's transform (static transforms, then the prefilter of a
+    single-line cell) against IPython's own method on the same shell, in namespaces that
+    make each prefilter checker fire: macros, autocallables, names of line magics shadowed
+    or not by variables, autocall on, an emacs tag."""
+    pyglue = glue()
+    shell = pyglue.shell
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.macro import Macro
+
+    def ref(cell):
+        return InteractiveShell.transform_cell(shell, cell)
+
+    words = ["x", "ls", "pwd", "cd", "exit", "quit", "mac", "f", "time", "who", "a.b", "pwd.x",
+             "get_ipython", "_", "history", "alias", "env", "run"]
+    rests = ["", " 1", " = 2", "(1)", " +1", ", b = 1, 2", " foo bar", ".y", "\n", "  ",
+             " # PYTHON-MODE", "; x", " -l", "'s'", " x\ny", "\r\nz"]
+    rnd = random.Random(11)
+    cells = [w + r for w in words for r in rests] + ["", " ", "\n", "# PYTHON-MODE", "1+1"]
+    cells += ["".join(rnd.choice(words + rests + ["%", "!", "?"]) for _ in range(rnd.randint(1, 4)))
+              for _ in range(3000)]
+    saved = dict(shell.user_ns)
+    states = [
+        lambda: None,
+        lambda: shell.user_ns.update(mac=Macro("x = 1\n"), f=print, ls=1),
+        lambda: shell.user_ns.update(pwd="shadowed", cd=Macro("y = 2\n")),
+        lambda: setattr(shell, "autocall", 1),
+        lambda: setattr(shell, "automagic", False),
+        lambda: [setattr(c, "enabled", True) for c in shell.prefilter_manager.checkers],
+    ]
+    unset = object()
+    try:
+        for state in states:
+            state()
+            for c in cells:
+                res = []
+                for transform in (ref, shell.transform_cell):
+                    shell._last_input_line = unset
+                    try:
+                        out = transform(c)
+                    except Exception as e:
+                        out = type(e)
+                    res.append((out, shell._last_input_line))
+                assert res[1] == res[0], (state, repr(c))
+    finally:
+        shell.autocall = 0
+        shell.automagic = True
+        for ch in shell.prefilter_manager.checkers:
+            ch.enabled = type(ch).enabled.default_value
+        shell.user_ns.clear()
+        shell.user_ns.update(saved)
