@@ -11,6 +11,7 @@ It never speaks the protocol itself and never serializes JSON.
 """
 import builtins
 import os
+import re
 import sys
 
 import _kbox
@@ -359,6 +360,17 @@ def comm_info(target_name=None):
     return kernel.comm_manager.comm_info(target_name)
 
 
+# IPython's split_user_input pattern without its lazy rest-of-line group, which costs a
+# backtracking stack per line: for a line without line breaks that group always matches, so
+# the others match exactly as they do there.
+_FIRST_WORD = re.compile(r"(\s*)([,;/%]|!!?|\?\??)?\s*(%{0,2}[\w\.\*]*)").match
+
+
+def first_word(line):
+    """The `ifun` IPython's prefilter sees in a line without line breaks."""
+    return _FIRST_WORD(line).group(3).strip()
+
+
 def _install_fast_paths(shell):
     """Three shortcuts in IPython's per-cell work whose results equal IPython's own for the
     cells they accept; any other cell takes IPython's path.
@@ -415,7 +427,6 @@ def _install_fast_paths(shell):
     #   unchanged, and so does the cell. Anything else takes IPython's path.
     from IPython.core.autocall import IPyAutocall
     from IPython.core.macro import Macro
-    from IPython.core.splitinput import LineInfo
 
     pm = shell.prefilter_manager
     slow_shell_transform = shell.transform_cell
@@ -431,7 +442,7 @@ def _install_fast_paths(shell):
         if len(cell.splitlines()) != 1:
             return cell
         line = cell.rstrip("\n")
-        ifun = LineInfo(line).ifun if line.strip() else ""
+        ifun = first_word(line)
         if ifun in line_magics or isinstance(shell.user_ns.get(ifun), (Macro, IPyAutocall)):
             return slow_shell_transform(raw_cell)
         shell._last_input_line = line

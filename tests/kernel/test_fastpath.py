@@ -123,3 +123,14 @@ def test_shell_transform_matches_ipython():
             ch.enabled = type(ch).enabled.default_value
         shell.user_ns.clear()
         shell.user_ns.update(saved)
+
+
+def test_first_word_matches_split_user_input():
+    pyglue = glue()
+    from IPython.core.splitinput import split_user_input
+    alphabet = list("ab_1 .*%!?,;/=(\t\x0c\u00a0\u2003é") + ["ls", "%%", "!!", "??"]
+    rnd = random.Random(5)
+    lines = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+             for _ in range(20000)]
+    for line in lines:
+        assert pyglue.first_word(line) == split_user_input(line)[2], repr(line)
