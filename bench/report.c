@@ -37,6 +37,19 @@ static json_t *runs_of(json_t *all, const char *label, const char *kernel) {
     return out;
 }
 
+/* Lines of a kind (any label) measured with a kernel. */
+static json_t *kind_of(json_t *all, const char *kind, const char *kernel) {
+    json_t *out = json_array();
+    size_t i;
+    json_t *j;
+    json_array_foreach(all, i, j) {
+        if (streq(json_string_value(json_object_get(j, "kind")), kind) &&
+            streq(kernel_of(j), kernel))
+            json_array_append(out, j);
+    }
+    return out;
+}
+
 /* The kernels the results cover, in the order they first appear. */
 #define MAX_KERNELS 8
 static size_t kernels_of(json_t *all, const char **out) {
@@ -44,7 +57,8 @@ static size_t kernels_of(json_t *all, const char **out) {
     json_t *j;
     json_array_foreach(all, i, j) {
         const char *kind = json_string_value(json_object_get(j, "kind"));
-        if (!streq(kind, "run") && !streq(kind, "first") && !streq(kind, "mem"))
+        if (!streq(kind, "run") && !streq(kind, "first") && !streq(kind, "mem") &&
+            !streq(kind, "kernel"))
             continue;
         const char *name = kernel_of(j);
         for (k = 0; k < n && !streq(out[k], name); k++)
@@ -302,6 +316,54 @@ int bench_cmd_report(int argc, char **argv) {
         json_decref(rk);
     }
 
+    /* Each kernel alone (tests/kernel/kbench.py): issue 6's kernel figures. */
+    static const struct {
+        const char *field, *title;
+    } kfig[] = {
+        {"cpu_ms_per_execute", "kernel CPU per execute, ms"},
+        {"wall_ms_per_execute", "wall time per execute, ms"},
+        {"idle_rss_mb", "idle kernel RSS, MB"},
+        {"start_to_kernel_info_s", "start to kernel_info_reply, s"},
+        {"start_to_first_execute_s", "start to the first execute_reply, s"},
+    };
+    json_t *kruns[MAX_KERNELS] = {0};
+    bool any_k = false;
+    for (size_t kk = 0; kk < nk; kk++) {
+        kruns[kk] = kind_of(all, "kernel", kernels[kk]);
+        any_k |= json_array_size(kruns[kk]) > 0;
+    }
+    if (any_k) {
+        printf("\nkernel only (each kernel alone over ZeroMQ ipc, no gateway, no sandbox; `x += 1; "
+               "print(x)` with reply and idle awaited; medians of the starts)\n  %-38s",
+               "");
+        for (size_t kk = 0; kk < nk; kk++)
+            if (json_array_size(kruns[kk]))
+                printf(" %12s", kernels[kk]);
+        printf("\n");
+        for (size_t fi = 0; fi < ARRAY_SIZE(kfig); fi++) {
+            printf("  %-38s", kfig[fi].title);
+            for (size_t kk = 0; kk < nk; kk++)
+                if (json_array_size(kruns[kk]))
+                    printf(" %12.3f", med_field(kruns[kk], kfig[fi].field));
+            printf("\n");
+        }
+        printf("  %-38s", "starts (executes each)");
+        for (size_t kk = 0; kk < nk; kk++)
+            if (json_array_size(kruns[kk]))
+                printf(" %5zu (%4.0f)", json_array_size(kruns[kk]), med_field(kruns[kk], "n"));
+        printf("\n");
+        /* A ratio taken in one run holds when the machine's speed changes between runs. */
+        for (size_t kk = 0; kk < nk; kk++) {
+            size_t r;
+            for (r = 0; r < nk && !streq(kernels[r], "ipykernel"); r++)
+                ;
+            if (r < nk && r != kk && json_array_size(kruns[kk]) && json_array_size(kruns[r]))
+                printf("  CPU per execute, ipykernel / %s: x%.1f\n", kernels[kk],
+                       med_field(kruns[r], "cpu_ms_per_execute") /
+                           med_field(kruns[kk], "cpu_ms_per_execute"));
+        }
+    }
+
     json_t *ks = last_of(all, "kstart", NULL, NULL, NULL);
     printf("\nstart\n");
     for (size_t kk = 0; kk < nk; kk++) {
@@ -383,10 +445,33 @@ int bench_cmd_report(int argc, char **argv) {
             printf("  %s 1a%s P95 <= 50 ms and 100%% verified: P95 %.1f ms, %.1f%% verified\n",
                    mark(p95 <= 50 && ver >= 100), tag, p95, ver);
         }
-        if (json_array_size(rb)) {
+        if (json_array_size(rb) && streq(kernels[kk], "native")) {
+            /* Issue 6: the native kernel's own targets. */
+            double rps = med_field(rb, "rps"), p95 = med_field(rb, "lat_ms.p95");
+            double ver = 100;
+            size_t k;
+            json_t *x;
+            json_array_foreach(rb, k, x) {
+                if (num(x, "verified_pct", NULL) < ver)
+                    ver = num(x, "verified_pct", NULL);
+            }
+            printf("  %s 1b%s >= 2000 RPS, P95 <= 50 ms, 100%% verified: %.1f RPS, P95 %.1f ms, "
+                   "%.1f%% verified (worst run)\n",
+                   mark(rps >= 2000 && p95 <= 50 && ver >= 100), tag, rps, p95, ver);
+        } else if (json_array_size(rb)) {
             double rps = med_field(rb, "rps"), p95 = med_field(rb, "lat_ms.p95");
             printf("  %s 1b%s >= 350 RPS and P95 <= 150 ms: %.1f RPS, P95 %.1f ms\n",
                    mark(rps >= 350 && p95 <= 150), tag, rps, p95);
+        }
+        if (streq(kernels[kk], "native") && json_array_size(kruns[kk])) {
+            double cpu = med_field(kruns[kk], "cpu_ms_per_execute");
+            double rss = med_field(kruns[kk], "idle_rss_mb");
+            double st = med_field(kruns[kk], "start_to_kernel_info_s");
+            printf("  %s kernel only%s CPU per trivial execute <= 0.4 ms: %.3f ms\n",
+                   mark(cpu <= 0.4), tag, cpu);
+            printf("  %s kernel only%s idle RSS <= 50 MB: %.1f MB\n", mark(rss <= 50), tag, rss);
+            printf("  %s kernel only%s start to kernel_info_reply <= 0.6 s: %.3f s\n",
+                   mark(st <= 0.6), tag, st);
         }
         json_decref(r1a);
         json_decref(rb);
@@ -414,6 +499,8 @@ int bench_cmd_report(int argc, char **argv) {
                mark(d <= 20), ktag(kernels[kk], tag, sizeof tag), d);
     }
     printf("\n");
+    for (size_t kk = 0; kk < nk; kk++)
+        json_decref(kruns[kk]);
     json_decref(r1b);
     json_decref(r3);
     json_decref(r2k);

@@ -44,7 +44,8 @@ MEM_AT=${BENCH_MEM_AT:-25,200}
 CAPACITY_MAX=${BENCH_CAPACITY_MAX:-300}   # the capacity ramp stops here at the latest
 MEM_DISK_MB=${BENCH_MEM_DISK_MB:-32}      # worker disk in the memory/capacity phase (see docs)
 MEM_RESERVE_MB=${BENCH_MEM_RESERVE_MB:-4096}
-SKIP=${BENCH_SKIP:-}                  # comma list of: 1a,1b,2,jupyter,3,first,cold,mem,kstart
+SKIP=${BENCH_SKIP:-}                  # comma list of: kernel,1a,1b,2,jupyter,3,first,cold,mem,kstart
+KERNEL_N=${BENCH_KERNEL_N:-2000}      # executes per kernel-only run (tests/kernel/kbench.py)
 GATEWAY_BIN=${BENCH_GATEWAY_BIN:-}    # use this gateway instead of building one
 BENCH_BIN=${BENCH_BENCH_BIN:-}        # use this kbox-bench instead of building one
 CLEAN=${BENCH_CLEAN:-0}
@@ -73,7 +74,8 @@ options (environment variable in brackets):
   --mem-at LIST             session counts to measure memory at (25,200)
   --capacity-max N          the capacity ramp stops here (300)
   --mem-disk-mb MB          worker disk during the memory/capacity ramp (32)
-  --skip LIST               1a,1b,2,jupyter,3,first,cold,mem,kstart
+  --kernel-n N              executes per kernel-only run (2000)
+  --skip LIST               kernel,1a,1b,2,jupyter,3,first,cold,mem,kstart
   --gateway-bin PATH        do not build the gateway; use this kbox-gateway (its tree's
                             kernel-host/kbox-kernel-host must be built too, for native)
   --bench-bin PATH          do not build the load generator; use this kbox-bench
@@ -107,6 +109,7 @@ while [ $# -gt 0 ]; do
     --capacity-max) CAPACITY_MAX=$2; shift ;;
     --mem-disk-mb) MEM_DISK_MB=$2; shift ;;
     --skip) SKIP=$2; shift ;;
+    --kernel-n) KERNEL_N=$2; shift ;;
     --gateway-bin) GATEWAY_BIN=$2; shift ;;
     --bench-bin) BENCH_BIN=$2; shift ;;
     --clean) CLEAN=1 ;;
@@ -126,6 +129,7 @@ if [ "$QUICK" = 1 ]; then
     FIRST_SAMPLES=${BENCH_FIRST_SAMPLES:-2}
     COLD_SAMPLES=${BENCH_COLD_SAMPLES:-1}
     KSTART_SAMPLES=${BENCH_KSTART_SAMPLES:-1}
+    KERNEL_N=${BENCH_KERNEL_N:-100}
     MEM_AT=${BENCH_MEM_AT:-2,4}
     CAPACITY_MAX=${BENCH_CAPACITY_MAX:-4}
     NOISY_RETRIES=${BENCH_NOISY_RETRIES:-0}
@@ -426,6 +430,20 @@ say "waiting up to ${WAIT_QUIET}s for the machine to be quiet (load $(cut -d' ' 
 SEEDS_1A=() SEEDS_B=()
 for ((rep = 1; rep <= REPEAT_1A; rep++)); do SEEDS_1A[rep]=$RANDOM$RANDOM; done
 for ((rep = 1; rep <= REPEAT; rep++)); do SEEDS_B[rep]=$RANDOM$RANDOM; done
+
+# ---- kernel only: each kernel alone over ZeroMQ (ipc), no gateway, no sandbox -------------------
+# CPU per trivial execute, idle RSS, start to kernel_info_reply (tests/kernel/kbench.py); the
+# kernels alternate, REPEAT starts each, so a change in the machine's speed hits them alike.
+if ! skip kernel; then
+    say "kernel only: ${KERNELS}, $REPEAT start(s) each, $KERNEL_N executes per start"
+    "$BENCH" quiet --busy-pct 10 --timeout 20 || true
+    KB_ARGS=()
+    [ ${#KERNEL_LIST[@]} -eq 1 ] && KB_ARGS=(--only "${KERNEL_LIST[0]}")
+    [ -n "${KH:-}" ] && KB_ARGS+=(--bin "$KH")
+    timeout 1200 "$PY" "$ROOT/tests/kernel/kbench.py" --jsonl -n "$KERNEL_N" --reps "$REPEAT" \
+        "${KB_ARGS[@]}" >>"$RESULTS" 2>"$OUT/kbench.log" ||
+        warn "kernel-only runs did not finish (see $OUT/kbench.log)"
+fi
 
 # ---- phase A: 1a with the seed's pool, and the warm-pool first result; per kernel ----------------
 IFS=/ read -r A_MIN A_MAX <<<"$POOL_1A"

@@ -72,6 +72,10 @@ for j in runs:
     if j.get("requests") != j.get("users", 0) * j.get("requests_per_user", 0) or not j.get("requests"):
         errors.append(f"{name}: {j.get('requests')} requests answered")
 for k in kernels:
+    kl = [j for j in lines if j.get("kind") == "kernel" and j.get("kernel") == k]
+    if not kl or not all(j.get("n", 0) > 0 and j.get("cpu_ms_per_execute", 0) > 0
+                         and j.get("idle_rss_mb", 0) > 0 for j in kl):
+        errors.append(f"kernel-only run [{k}]: {kl[-1] if kl else 'missing'}")
     for mode in ("warm", "cold"):
         f = [j for j in lines if j.get("kind") == "first" and j.get("mode") == mode
              and j.get("kernel") == k]

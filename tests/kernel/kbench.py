@@ -2,18 +2,23 @@
 """Kernel-only figures for the native kernel and ipykernel, side by side in one run.
 
     /usr/bin/python3 tests/kernel/kbench.py [--bin build/kernel-host/kbox-kernel-host] [-n 2000]
+                                            [--reps N] [--jsonl]
 
 For each kernel: start to kernel_info_reply and to the first execute_reply, kernel CPU per
 trivial execute (`x += 1; print(x)`, sequential, reply and idle awaited; CPU is the sum of
 every thread's on-CPU time from /proc/<pid>/task/*/schedstat, so it includes the protocol,
 the I/O thread and libzmq's), and the idle kernel's RSS. The native kernel is started with
 --no-init (the kernel process itself; the init adds no CPU per request). Prints one JSON
-object per kernel and a table. A benchmark, not a test: it asserts nothing.
+object per kernel and run ("kind": "kernel", the line bench/run.sh collects) and a table of
+the medians (--jsonl: the JSON lines only). --reps N starts each kernel N times, alternating
+the kernels, so a change in the machine's speed during the run hits both alike. A benchmark,
+not a test: it asserts nothing.
 """
 import argparse
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,7 +192,8 @@ def run_kernel(name, argv_for, n, workdir):
     c.close()
     proc.kill()
     proc.wait()
-    return {"kernel": name, "n": n, "cpu_ms_per_execute": round(cpu / n / 1e6, 4),
+    return {"kind": "kernel", "kernel": name, "n": n,
+            "cpu_ms_per_execute": round(cpu / n / 1e6, 4),
             "wall_ms_per_execute": round(wall / n * 1e3, 3),
             "idle_rss_mb": round(idle_rss / 1024, 1),
             "rss_after_run_mb": round(rss_after / 1024, 1),
@@ -203,6 +209,8 @@ def main():
     ap.add_argument("--tcp", action="store_true", help="loopback TCP instead of ipc")
     ap.add_argument("--setup", default="x = 0", help="first cell")
     ap.add_argument("--code", default="x += 1; print(x)", help="the cell measured")
+    ap.add_argument("--reps", type=int, default=1, help="starts of each kernel")
+    ap.add_argument("--jsonl", action="store_true", help="JSON lines only, no table")
     args = ap.parse_args()
     global TCP, SETUP, CODE
     TCP, SETUP, CODE = args.tcp, args.setup, args.code
@@ -210,19 +218,23 @@ def main():
         "native": lambda cf: [os.path.abspath(args.bin), "--kernel", "native", "--no-init", "-f", cf],
         "ipykernel": lambda cf: ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", cf],
     }
-    results = []
+    names = [k for k in kernels if not args.only or k == args.only]
+    results = {k: [] for k in names}
     with tempfile.TemporaryDirectory(prefix="kbench-") as d:
-        for name, argv_for in kernels.items():
-            if args.only and name != args.only:
-                continue
-            r = run_kernel(name, argv_for, args.n, d)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+        for _ in range(max(1, args.reps)):
+            for name in names:
+                r = run_kernel(name, kernels[name], args.n, d)
+                print(json.dumps(r), flush=True)
+                results[name].append(r)
+    if args.jsonl:
+        return 0
     keys = ["cpu_ms_per_execute", "wall_ms_per_execute", "idle_rss_mb", "rss_after_run_mb",
             "start_to_kernel_info_s", "start_to_first_execute_s"]
-    print("%-28s" % "" + "".join("%14s" % r["kernel"] for r in results))
-    for k in keys:
-        print("%-28s" % k + "".join("%14s" % r[k] for r in results))
+    print("%-28s" % "median" + "".join("%14s" % k for k in names))
+    for key in keys:
+        print("%-28s" % key + "".join("%14.4g" % statistics.median(r[key] for r in results[k])
+                                      for k in names))
+    return 0
 
 
 if __name__ == "__main__":
