@@ -3,7 +3,7 @@
  *
  * A message on the wire is the multipart
  *   [routing ids..., "<IDS|MSG>", hex HMAC, header, parent_header, metadata, content, buffers...]
- * The HMAC is HMAC-SHA256 (libsodium's streaming API, so keys of any length work) over the
+ * The HMAC is HMAC-SHA256 (nettle's streaming API, so keys of any length work) over the
  * four JSON frames; an empty key disables signing. Verification is constant-time, a bounded
  * replay cache rejects a signature seen before, and every incoming message is bounded in size
  * and frame count before anything is parsed.

@@ -1,8 +1,9 @@
 /* The event loop: one per socket-owning process (gateway, kernel host). epoll underneath,
- * with first-class ZeroMQ sockets (via ZMQ_FD, whose edge semantics are hidden here), timerfd
- * timers, signalfd signals, deferred calls, and a small thread pool for blocking work
- * (mkfs, container start) that reports back on the loop thread. Callbacks always run on the
- * loop thread, so the state they touch needs no locks.
+ * with first-class ZeroMQ sockets (via ZMQ_FD, whose edge semantics are hidden here), timers
+ * (a heap of deadlines that sets epoll_wait's timeout), signalfd signals, deferred calls, and
+ * a small thread pool for blocking work (mkfs, container start) that reports back on the
+ * loop thread. Callbacks always run on the loop thread, so the state they touch needs no
+ * locks.
  *
  * Watches are handles: loop_*_add() returns one, loop_watch_del() frees it (NULL-safe, nulls
  * the pointer) and is safe to call from inside any callback, including the watch's own. */
