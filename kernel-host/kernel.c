@@ -1236,7 +1236,9 @@ int khost_kernel_run(const char *conn_file) {
     }
 
     /* The I/O and heartbeat threads (and libzmq's own) take no signals: SIGINT must reach
-     * the Python thread, which is this one. */
+     * the Python thread, which is this one. It stays blocked here until Python has its
+     * handler (kpy_run unblocks it): the I/O thread answers kernel_info at once, a client
+     * may interrupt right after, and SIGINT's default action would end the kernel. */
     io->sh = &sh;
     pthread_mutex_init(&io->sock_mu, NULL);
     pthread_mutex_init(&io->mu, NULL);
@@ -1246,6 +1248,7 @@ int khost_kernel_run(const char *conn_file) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_t tid;
     r = pthread_create(&tid, NULL, io_main, io);
+    sigaddset(&old, SIGINT);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r != 0)
         return -r;

@@ -903,11 +903,12 @@ int kpy_run(kshared_t *sh) {
     if (PyImport_AppendInittab("_kbox", kb_init) < 0)
         return -ENOMEM;
     /* An interrupt while IPython is still being imported (a client may already have queued a
-     * cell and sent one) must not kill the start: SIGINT waits, and is discarded below. */
-    sigset_t sigint, oldmask;
+     * cell and sent one) must not kill the start: SIGINT waits (blocked since before the
+     * sockets were bound, khost_kernel_run), and is discarded below. */
+    sigset_t sigint;
     sigemptyset(&sigint);
     sigaddset(&sigint, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigint, &oldmask);
+    pthread_sigmask(SIG_BLOCK, &sigint, NULL);
     int r = python_start();
     if (r < 0)
         return r;
@@ -952,7 +953,7 @@ int kpy_run(kshared_t *sh) {
     Py_XDECREF(gc);
     PyErr_Clear();
     malloc_trim(0);
-    pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &sigint, NULL);
     discard_signals();
     out_push(kout_new(KOUT_PY_READY, JWIRE_SHELL, NULL, NULL, NULL, NULL, NULL, 0), 0);
 

@@ -262,6 +262,29 @@ def test_history_in_memory(k):
     assert [h[2] for h in reply["content"]["history"]] == ["hist_marker = 1"]
 
 
+def test_completer_made_on_first_use():
+    """jedi is not imported until something needs the completer; %config then lists it
+    (ipykernel shows `IPCompleter(Completer) options`), and completion works as before."""
+    kern = Kernel()
+    try:
+        reply, out = kern.execute("import sys; 'jedi' in sys.modules")
+        assert result(out)["data"]["text/plain"] == "False"
+        reply, out = kern.execute("%config IPCompleter")
+        assert reply["status"] == "ok", reply
+        assert "IPCompleter(Completer) options" in stream_text(out), out
+        reply, out = kern.execute("%config IPCompleter.greedy")
+        assert result(out)["data"]["text/plain"] == "False"
+        reply, out = kern.execute("'jedi' in sys.modules")
+        assert result(out)["data"]["text/plain"] == "True"
+        kern.execute("zebra_long_name = 1")
+        msg_id = kern.kc.complete("zebra_lo", 8)
+        reply = kern.kc.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert "zebra_long_name" in reply["content"]["matches"], reply["content"]
+    finally:
+        kern.close()
+
+
 def test_restart():
     kern = Kernel()
     try:
