@@ -461,12 +461,13 @@ def _install_fast_paths(shell):
     pm = shell.prefilter_manager
     slow_shell_transform = shell.transform_cell
     line_magics = shell.magics_manager.magics["line"]
-    prefilter_defaults = (list(pm.checkers), list(pm.transformers), pm._handlers.get("normal"))
+    default_checkers = list(pm.checkers)
+    default_normal = pm._handlers.get("normal")
 
     def shell_transform_cell(raw_cell):
         if (pm.transformers or shell.input_transformers_post or shell.autocall
-                or (list(pm.checkers), list(pm.transformers), pm._handlers.get("normal"))
-                != prefilter_defaults):
+                or pm.checkers != default_checkers
+                or pm._handlers.get("normal") is not default_normal):
             return slow_shell_transform(raw_cell)
         cell = tm.transform_cell(raw_cell)
         if len(cell.splitlines()) != 1:

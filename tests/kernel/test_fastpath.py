@@ -74,9 +74,10 @@ def test_should_run_async():
 
 def test_shell_transform_matches_ipython():
     """The whole of the shell's transform (static transforms, then the prefilter of a
-    single-line cell) against IPython's own method on the same shell, in namespaces that
-    make each prefilter checker fire: macros, autocallables, names of line magics shadowed
-    or not by variables, autocall on, an emacs tag."""
+    single-line cell) against IPython's own method on the same shell, in states that make
+    each prefilter checker fire: macros, autocallables, names of line magics shadowed or not
+    by variables, autocall on, automagic off, every checker enabled, a checker and handler
+    added by user code, the normal handler replaced."""
     pyglue = glue()
     shell = pyglue.shell
     from IPython.core.interactiveshell import InteractiveShell
@@ -93,18 +94,74 @@ def test_shell_transform_matches_ipython():
     cells = [w + r for w in words for r in rests] + ["", " ", "\n", "# PYTHON-MODE", "1+1"]
     cells += ["".join(rnd.choice(words + rests + ["%", "!", "?"]) for _ in range(rnd.randint(1, 4)))
               for _ in range(3000)]
-    saved = dict(shell.user_ns)
+    from IPython.core.prefilter import PrefilterChecker, PrefilterHandler, PrefilterTransformer
+    from traitlets import Integer, Unicode
+
+    pm = shell.prefilter_manager
+
+    class Shout(PrefilterChecker):  # a checker of user code's: lines starting with x
+        priority = Integer(50)
+
+        def check(self, line_info):
+            return pm.get_handler_by_name("shout") if line_info.ifun == "x" else None
+
+    class ShoutHandler(PrefilterHandler):
+        handler_name = Unicode("shout")
+
+        def handle(self, line_info):
+            return line_info.line.upper()
+
+    class LoudNormal(PrefilterHandler):  # the normal handler replaced
+        handler_name = Unicode("normal")
+
+        def handle(self, line_info):
+            return line_info.line + "  # seen"
+
+    class Tilde(PrefilterTransformer):  # a line transformer of user code's
+        def transform(self, line, continue_prompt):
+            return line.replace("pwd", "~")
+
+    def add_shout():
+        ShoutHandler(shell=shell, prefilter_manager=pm)
+        Shout(shell=shell, prefilter_manager=pm)
+
     states = [
-        lambda: None,
-        lambda: shell.user_ns.update(mac=Macro("x = 1\n"), f=print, ls=1),
-        lambda: shell.user_ns.update(pwd="shadowed", cd=Macro("y = 2\n")),
-        lambda: setattr(shell, "autocall", 1),
-        lambda: setattr(shell, "automagic", False),
-        lambda: [setattr(c, "enabled", True) for c in shell.prefilter_manager.checkers],
+        ("default", lambda: None),
+        ("macros and shadowing names", lambda: shell.user_ns.update(
+            mac=Macro("x = 1\n"), f=print, ls=1, pwd="shadowed", cd=Macro("y = 2\n"))),
+        ("autocall on", lambda: setattr(shell, "autocall", 1)),
+        ("automagic off", lambda: setattr(shell, "automagic", False)),
+        ("every checker enabled",
+         lambda: [setattr(c, "enabled", True) for c in pm.checkers]),
+        ("a checker of user code's", add_shout),
+        ("normal handler replaced", lambda: LoudNormal(shell=shell, prefilter_manager=pm)),
+        ("a prefilter transformer", lambda: Tilde(shell=shell, prefilter_manager=pm)),
+        ("a post-input transformer",
+         lambda: shell.input_transformers_post.append(lambda ls: [l.upper() for l in ls])),
     ]
+    saved_ns = dict(shell.user_ns)
+    saved_checkers = list(pm.checkers)
+    saved_enabled = [c.enabled for c in pm.checkers]
+    saved_handlers = dict(pm._handlers)
+    saved_transformers = list(pm.transformers)
+
+    def restore():
+        shell.autocall = 0
+        shell.automagic = True
+        pm._checkers[:] = saved_checkers
+        for c, e in zip(saved_checkers, saved_enabled):
+            c.enabled = e
+        pm._handlers.clear()
+        pm._handlers.update(saved_handlers)
+        pm._transformers[:] = saved_transformers
+        shell.input_transformers_post.clear()
+        shell.user_ns.clear()
+        shell.user_ns.update(saved_ns)
+
     unset = object()
     try:
-        for state in states:
+        for name, state in states:
+            restore()
             state()
             for c in cells:
                 res = []
@@ -115,14 +172,9 @@ def test_shell_transform_matches_ipython():
                     except Exception as e:
                         out = type(e)
                     res.append((out, shell._last_input_line))
-                assert res[1] == res[0], (state, repr(c))
+                assert res[1] == res[0], (name, repr(c))
     finally:
-        shell.autocall = 0
-        shell.automagic = True
-        for ch in shell.prefilter_manager.checkers:
-            ch.enabled = type(ch).enabled.default_value
-        shell.user_ns.clear()
-        shell.user_ns.update(saved)
+        restore()
 
 
 def test_first_word_matches_split_user_input():
