@@ -286,6 +286,7 @@ static void timers_run(loop_t *loop) {
             break;
         if (w->period_us) {
             uint64_t next = t.due_us + w->period_us;
+            /* Already in the heap: moving it allocates nothing, so it cannot fail. */
             (void)heap_schedule(loop, w, next > now ? next : now + w->period_us);
         } else {
             heap_remove(loop, w);

@@ -70,7 +70,7 @@ def _make_shell():
     from IPython.core.interactiveshell import InteractiveShell, InteractiveShellABC
 
     # IPython keeps its per-cell bookkeeping in traitlets; each set validates the value and
-    # builds a change notification (about a fifth of the kernel's instructions for a trivial
+    # builds a change notification (a sixth of the kernel's instructions for a trivial
     # cell). Nothing observes the eight that change on every cell, so our subclasses declare
     # them as plain attributes: same names, same values. execution_count stays a trait (it
     # is public API that code may observe).
@@ -415,7 +415,7 @@ def _install_fast_paths(shell):
       which needs an `await` or `async` token; without either substring it is False.
     - The prefilter of single-line cells (automagic, macros, autocall), below.
 
-    Together about a third of run_cell for a plain cell; see docs/BENCHMARKS.md.
+    What they save is measured in docs/BENCHMARKS.md (instructions per trivial execute).
     """
     tm = shell.input_transformer_manager
     slow_transform = tm.transform_cell
