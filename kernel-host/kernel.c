@@ -57,6 +57,7 @@
 #define KIO_MAX_MSG       ((int64_t)64 * 1024 * 1024) /* largest request accepted */
 #define KIO_REPLAY_CAP    16384u
 #define KIO_MAX_PENDING   1024u /* shell requests queued before we stop reading shell */
+#define KIO_MAX_REJECTED  64    /* invalid messages skipped per receive */
 #define KIO_EXIT_GRACE_MS 1500  /* shutdown: atexit handlers get this long */
 #define KIO_LINGER_MS     1000
 #define KIO_GAP_US        2000 /* between a request's last output, its reply and its idle */
@@ -167,6 +168,7 @@ typedef struct {
     atomic_bool py_ready;
     bool shutting_down;
     bool iopub_blocked; /* a subscriber's queue is full: out_q waits (see iopub_block) */
+    bool rejects_left;  /* recv_msg stopped at its bound of invalid messages (sock_mu) */
     uint64_t msg_count;
     char msgid_prefix[64];
     json_t *empty;       /* {} for messages without metadata or parent */
@@ -311,7 +313,8 @@ static int io_send_msg(kio_t *io, jwire_channel_t ch, const char *msg_type, json
     if (r == 0)
         io->msg_count++;
     /* A send can swallow the ZMQ_FD edge that announced input: the I/O thread's loop
-     * re-checks; the Python thread always checks ZMQ_EVENTS before it sleeps. */
+     * re-checks; the Python thread receives on every socket until none has a message before
+     * it sleeps. */
     if (io->watch[ch] && atomic_load(&io->owner) == OWNER_IO)
         loop_zmq_kick(io->loop, io->watch[ch]);
     if (r < 0 && r != -EAGAIN)
@@ -674,23 +677,24 @@ static void do_shutdown(kio_t *io, jwire_channel_t ch, jwire_msg_t *msg) {
 
 /* ---- reading requests (sock_mu held; either owner) ------------------------------------------ */
 
+/* The next valid message, or NULL when none is waiting (the receive that found none re-arms
+ * the socket's ZMQ_FD edge). A rejected message is logged and skipped, so a caller that
+ * stops at NULL never leaves a valid message behind it unannounced. The bound keeps a flood
+ * of bad ones from holding the thread; io->rejects_left tells the Python thread's loop to
+ * look again (the I/O thread's loop looks at ZMQ_EVENTS before it sleeps anyway). */
 static jwire_msg_t *recv_msg(kio_t *io, jwire_channel_t ch) {
-    jwire_msg_t *m = NULL;
-    int r = jwire_msg_recv(io->sock[ch], io->signer, io->replay, &limits, &m);
-    if (r == -EAGAIN)
-        return NULL;
-    if (r < 0) {
+    for (int rejected = 0; rejected < KIO_MAX_REJECTED; rejected++) {
+        jwire_msg_t *m = NULL;
+        int r = jwire_msg_recv(io->sock[ch], io->signer, io->replay, &limits, &m);
+        if (r == 0)
+            return m;
+        if (r == -EAGAIN)
+            return NULL;
         klog(LOG_LVL_WARN, "rejected message", "{s:s, s:s}", "channel", jwire_channel_name(ch),
              "error", strerror(-r));
-        return NULL;
     }
-    return m;
-}
-
-static bool readable(kio_t *io, jwire_channel_t ch) {
-    int ev = 0;
-    size_t len = sizeof ev;
-    return zmq_getsockopt(io->sock[ch], ZMQ_EVENTS, &ev, &len) == 0 && (ev & ZMQ_POLLIN);
+    io->rejects_left = true;
+    return NULL;
 }
 
 static void handle_shell(kio_t *io, jwire_msg_t *m) {
@@ -950,27 +954,31 @@ void kio_py_service(kshared_t *sh) {
         return;
     }
     /* ZMQ_FD is edge-like and a send can consume the edge of input that arrived meanwhile:
-     * every send is followed by another look at ZMQ_EVENTS, and the caller sleeps only
-     * after a pass that found nothing to read. */
+     * every send is followed by another receive on each socket, and the caller sleeps only
+     * after a pass whose receives all found nothing (each such receive re-arms the edge). */
     for (;;) {
         flush_all(io, false);
         bool any = false;
         jwire_msg_t *m;
         /* Control first (an interrupt or shutdown may be waiting behind requests). */
-        while (readable(io, JWIRE_CONTROL) && (m = recv_msg(io, JWIRE_CONTROL))) {
+        while ((m = recv_msg(io, JWIRE_CONTROL))) {
             handle_control(io, m);
             any = true;
         }
         /* No input() waits while we own the sockets: stale replies are dropped. */
-        while (readable(io, JWIRE_STDIN) && (m = recv_msg(io, JWIRE_STDIN))) {
+        while ((m = recv_msg(io, JWIRE_STDIN))) {
             handle_stdin(io, m);
             any = true;
         }
         /* One request at a time: the rest stays in libzmq, so a flood cannot grow req_q. */
         if (kq_len(sh->req_q) > 0)
             break; /* the caller runs it, and comes back here before it sleeps */
-        if (readable(io, JWIRE_SHELL) && (m = recv_msg(io, JWIRE_SHELL))) {
+        if ((m = recv_msg(io, JWIRE_SHELL))) {
             handle_shell(io, m);
+            any = true;
+        }
+        if (io->rejects_left) {
+            io->rejects_left = false;
             any = true;
         }
         /* Blocked iopub: the I/O thread takes the sockets and sends the rest. */
@@ -987,8 +995,7 @@ void kio_py_pull_shell(kshared_t *sh) {
     pthread_mutex_lock(&io->sock_mu);
     jwire_msg_t *m;
     if (atomic_load(&io->owner) == OWNER_PY)
-        while (kq_len(sh->req_q) < KIO_MAX_PENDING && readable(io, JWIRE_SHELL) &&
-               (m = recv_msg(io, JWIRE_SHELL)))
+        while (kq_len(sh->req_q) < KIO_MAX_PENDING && (m = recv_msg(io, JWIRE_SHELL)))
             handle_shell(io, m);
     pthread_mutex_unlock(&io->sock_mu);
 }

@@ -70,6 +70,26 @@ def test_fork(k):
     assert alive(k)
 
 
+def test_pid_after_fork_and_spawn(k):
+    # The kernel answers getpid() from memory (common/pidcache.c): a fork's child must see its
+    # own pid, and a vfork-style spawn (subprocess) must leave the parent's intact.
+    code = ("import os, subprocess\n"
+            "def real(): return int(os.readlink('/proc/self'))\n"
+            "r, w = os.pipe()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.write(w, b'%d %d' % (os.getpid(), real()))\n"
+            "    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "child_saw, child_real = map(int, os.read(r, 100).split())\n"
+            "sh = int(subprocess.run(['sh', '-c', 'echo $$ $PPID'], capture_output=True,"
+            " text=True).stdout.split()[1])\n"
+            "print(child_saw == child_real == pid, os.getpid() == real() == sh)")
+    reply, out = k.execute(code)
+    assert reply["status"] == "ok", reply
+    assert stream_text(out).strip() == "True True"
+
+
 def test_fork_child_that_keeps_running(k):
     code = ("import os, time\nif os.fork() == 0:\n    time.sleep(0.3)\n    print('late child')\n"
             "    os._exit(0)\n'parent done'")
