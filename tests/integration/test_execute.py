@@ -286,13 +286,22 @@ def test_streaming_error_event(gw):
 def test_client_disconnect_interrupts_kernel(gw):
     u = uid()
     gw.execute(u, "import time\nstate = 'idle'")
-    code = "state = 'running'\ntry:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n    state = 'interrupted'\n    raise"
+    code = ("state = 'running'\ntry:\n    print('sleeping', flush=True)\n    time.sleep(30)\n"
+            "except KeyboardInterrupt:\n    state = 'interrupted'\n    raise")
     s = socket.create_connection(("127.0.0.1", gw.port))
     body = json.dumps({"user_uuid": u, "code": code}).encode()
     s.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + gw.token.encode() +
               b"\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: " +
               str(len(body)).encode() + b"\r\n\r\n" + body)
-    time.sleep(1.0)
+    # Gone while the cell sleeps, not before it started: a signal that reaches ipykernel
+    # before its handler is set up is ignored (under load the cell can take over a second
+    # to start, e.g. while the pool starts workers).
+    s.settimeout(20)
+    seen = b""
+    while b"sleeping" not in seen:
+        chunk = s.recv(4096)
+        assert chunk, seen
+        seen += chunk
     s.close()
     t0 = time.time()
     r = gw.execute(u, "print(state)", http_timeout=20)
