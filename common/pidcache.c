@@ -3,9 +3,8 @@
  * Why: libzmq guards every signal between its threads against use after fork by comparing a
  * saved pid with getpid(), and glibc (since 2.25) no longer caches the pid, so each check is a
  * system call: ~54 per /execute across the gateway, the kernel and their ZeroMQ I/O threads,
- * a third of all their system calls. On the paravirtualised VMs we run on, a system call costs
- * ~1 us (bench: docs/BENCHMARKS.md), so these checks alone were ~5% of the machine's CPU
- * under load.
+ * a third of all their system calls. A system call costs 0.2-1.1 us on the VMs we measured
+ * (docs/BENCHMARKS.md): up to ~60 us of a 1b request's ~1.4 ms of CPU on the slowest.
  *
  * How: an executable's definition of getpid takes precedence over libc's for every caller
  * outside libc (the executable and the shared libraries it loads, libzmq and Python's

@@ -29,6 +29,21 @@ class Kernel:
     def process(self):
         return self.km.provisioner.process
 
+    def kernel_pid(self):
+        """The kernel process itself (the init's child)."""
+        init = self.process.pid
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with open(f"/proc/{init}/task/{init}/children") as f:
+                    kids = f.read().split()
+                if kids:
+                    return int(kids[0])
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("no kernel process under the init")
+
     def execute(self, code, timeout=30, **kw):
         """Runs code; returns (reply content, [iopub messages between busy and idle])."""
         msg_id = self.kc.execute(code, **kw)

@@ -90,6 +90,27 @@ def test_pid_after_fork_and_spawn(k):
     assert stream_text(out).strip() == "True True"
 
 
+def test_bad_messages_then_a_good_one(k):
+    # Messages signed with another key are dropped, and a request queued behind them is still
+    # served. The kernel is stopped while they arrive, so it finds them all at once: more of
+    # them than it skips per receive, so its look again after that bound is needed too.
+    from jupyter_client.session import Session
+    forger = Session(key=b"not the kernel's key", signature_scheme="hmac-sha256")
+    pid = k.kernel_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(100):
+            forger.send(k.kc.shell_channel.socket, "execute_request",
+                        {"code": "print('forged')", "silent": False})
+        msg_id = k.kc.execute("40 + 2")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    reply, out = k.collect(msg_id, timeout=10)
+    assert reply["status"] == "ok"
+    assert of_type(out, "execute_result")[0]["content"]["data"]["text/plain"] == "42"
+    assert "forged" not in stream_text(out)
+
+
 def test_fork_child_that_keeps_running(k):
     code = ("import os, time\nif os.fork() == 0:\n    time.sleep(0.3)\n    print('late child')\n"
             "    os._exit(0)\n'parent done'")
