@@ -306,7 +306,7 @@ def test_client_disconnect_interrupts_kernel(gw):
     t0 = time.time()
     r = gw.execute(u, "print(state)", http_timeout=20)
     assert time.time() - t0 < 10
-    assert r.json()["stdout"] == "interrupted\n"
+    assert r.json()["stdout"] == "interrupted\n", r.json()
 
 
 def test_release_frees_worker(gw):
