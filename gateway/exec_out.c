@@ -188,6 +188,27 @@ static json_t *feed_rich(exec_out_t *self, const char *msg_type, const json_t *c
     return out;
 }
 
+/* {ename, evalue, traceback} of an `error` message or an error reply, the traceback's
+ * terminal colours stripped. */
+static json_t *error_object(const json_t *content) {
+    json_t *tb = json_array();
+    size_t i;
+    json_t *line;
+    json_array_foreach(json_object_get(content, "traceback"), i, line) {
+        if (!json_is_string(line))
+            continue;
+        char *copy = strdup(json_string_value(line));
+        if (!copy)
+            continue;
+        json_array_append_new(tb, json_string(exec_strip_ansi(copy)));
+        free(copy);
+    }
+    const char *ename = json_string_value(json_object_get(content, "ename"));
+    const char *evalue = json_string_value(json_object_get(content, "evalue"));
+    return json_pack("{s:s,s:s,s:o}", "ename", ename ? ename : "Error", "evalue",
+                     evalue ? evalue : "", "traceback", tb);
+}
+
 json_t *exec_out_feed(exec_out_t *self, const char *msg_type, const json_t *content) {
     if (!self || !msg_type || !json_is_object(content))
         return NULL;
@@ -208,23 +229,8 @@ json_t *exec_out_feed(exec_out_t *self, const char *msg_type, const json_t *cont
     if (is_output)
         return feed_rich(self, msg_type, content);
     if (streq(msg_type, "error")) {
-        json_t *tb = json_array();
-        size_t i;
-        json_t *line;
-        json_array_foreach(json_object_get(content, "traceback"), i, line) {
-            if (!json_is_string(line))
-                continue;
-            char *copy = strdup(json_string_value(line));
-            if (!copy)
-                continue;
-            json_array_append_new(tb, json_string(exec_strip_ansi(copy)));
-            free(copy);
-        }
-        const char *ename = json_string_value(json_object_get(content, "ename"));
-        const char *evalue = json_string_value(json_object_get(content, "evalue"));
         json_decref(self->error);
-        self->error = json_pack("{s:s,s:s,s:o}", "ename", ename ? ename : "Error", "evalue",
-                                evalue ? evalue : "", "traceback", tb);
+        self->error = error_object(content);
         json_t *ev = json_deep_copy(self->error);
         json_object_set_new(ev, "type", json_string("error"));
         return ev;
@@ -237,6 +243,19 @@ void exec_out_set_reply(exec_out_t *self, const json_t *reply_content) {
     if (json_is_integer(ec)) {
         json_decref(self->execution_count);
         self->execution_count = json_incref(ec);
+    }
+    /* The reply's status is the verdict; iopub's `error` message normally says the same
+     * first, with the traceback. An aborted request (a kernel stops on another client's
+     * error, e.g. a notebook's cell in the same session) never ran: that is not a success
+     * with no output. */
+    const char *status = json_string_value(json_object_get(reply_content, "status"));
+    if (self->error || !status)
+        return;
+    if (streq(status, "aborted")) {
+        exec_out_set_error(self, "ExecutionAborted",
+                           "the kernel did not run this code: it aborted the request");
+    } else if (streq(status, "error")) {
+        self->error = error_object(reply_content); /* iopub's, if it comes, replaces it */
     }
 }
 

@@ -228,9 +228,13 @@ static void pump(gw_session_t *s) {
         e->session_reset = true;
         s->reset_pending = false;
     }
+    /* stop_on_error off: each /execute stands alone and we send the next only after this
+     * one's idle, so there is never a queue to abort; with it on, ipykernel keeps aborting
+     * for a moment after its idle, and the next request could come back "aborted", unrun
+     * (its CI failed so: an interrupted cell, then `print(state)` answered empty). */
     json_t *content =
         json_pack("{s:s,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent", 0, "store_history", 1,
-                  "user_expressions", "allow_stdin", 0, "stop_on_error", 1);
+                  "user_expressions", "allow_stdin", 0, "stop_on_error", 0);
     jwire_msg_t *m = content ? gw_worker_msg(s->worker, "execute_request", content) : NULL;
     int r = m ? gw_worker_send(s->worker, JWIRE_SHELL, m) : -ENOMEM;
     if (m)

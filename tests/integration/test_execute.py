@@ -309,6 +309,18 @@ def test_client_disconnect_interrupts_kernel(gw):
     assert r.json()["stdout"] == "interrupted\n", r.json()
 
 
+def test_request_after_an_error_runs(gw):
+    # Each /execute stands alone: an error must not abort the next request. (ipykernel, asked
+    # to stop on errors, goes on aborting for a moment after its idle; a request sent at once
+    # then came back unrun and empty.)
+    u = uid()
+    for i in range(20):
+        r = gw.execute(u, "raise ValueError('x')")
+        assert r.json()["error"]["ename"] == "ValueError"
+        r = gw.execute(u, f"print({i})")
+        assert r.json()["stdout"] == f"{i}\n" and r.json()["error"] is None, r.json()
+
+
 def test_release_frees_worker(gw):
     u = uid()
     gw.execute(u, "a = 1")
@@ -339,7 +351,7 @@ def test_release_twice_concurrently_keeps_counts(gw):
     assert codes == [200, 404, 404, 404]
     st = gw.wait_status(lambda s: s["starting_workers"] == 0 and s["stopping_workers"] == 0)
     assert st["total_workers"] == st["idle_workers"] + st["busy_workers"]
-    assert st["busy_workers"] == st["sessions"]
+    assert st["busy_workers"] == st["sessions"], st
 
 
 def test_release_during_execution(gw):
@@ -352,7 +364,7 @@ def test_release_during_execution(gw):
         r = fut.result(timeout=20)
     assert r.status_code == 409
     st = gw.wait_status(lambda s: s["stopping_workers"] == 0)
-    assert st["busy_workers"] == st["sessions"]
+    assert st["busy_workers"] == st["sessions"], st
 
 
 def test_api_v1_aliases_and_token_forms(gw):

@@ -140,6 +140,48 @@ static void test_note_lost(void **state) {
     exec_out_destroy(&o);
 }
 
+static void set_reply(exec_out_t *o, const char *json) {
+    json_t *c = json_loads(json, 0, NULL);
+    assert_non_null(c);
+    exec_out_set_reply(o, c);
+    json_decref(c);
+}
+
+/* The reply's status counts: an aborted request did not run, an error reply without its
+ * iopub error (lost on the way) is still an error, and iopub's error wins when both come. */
+static void test_reply_status(void **state) {
+    exec_out_t *o = exec_out_new(1 << 20);
+    set_reply(o, "{\"status\":\"aborted\"}");
+    json_t *s = exec_out_summary(o, false);
+    json_t *err = json_object_get(s, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "ename")), "ExecutionAborted");
+    assert_true(exec_out_has_error(o));
+    json_decref(s);
+    exec_out_destroy(&o);
+
+    o = exec_out_new(1 << 20);
+    set_reply(o, "{\"status\":\"error\",\"execution_count\":3,\"ename\":\"ValueError\","
+                 "\"evalue\":\"bad\",\"traceback\":[\"\\u001b[31mValueError\\u001b[0m: bad\"]}");
+    s = exec_out_summary(o, false);
+    err = json_object_get(s, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "ename")), "ValueError");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(err, "traceback"), 0)),
+                        "ValueError: bad");
+    assert_int_equal(json_integer_value(json_object_get(s, "execution_count")), 3);
+    json_decref(s);
+    feed(o, "error", "{\"ename\":\"KeyError\",\"evalue\":\"k\",\"traceback\":[]}");
+    s = exec_out_summary(o, false);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(s, "error"), "ename")),
+                        "KeyError");
+    json_decref(s);
+    exec_out_destroy(&o);
+
+    o = exec_out_new(1 << 20);
+    set_reply(o, "{\"status\":\"ok\",\"execution_count\":1}");
+    assert_false(exec_out_has_error(o));
+    exec_out_destroy(&o);
+}
+
 static void test_ignores_garbage(void **state) {
     exec_out_t *o = exec_out_new(1 << 20);
     feed(o, "stream", "{\"name\":\"bogus\",\"text\":\"x\"}");
@@ -158,7 +200,7 @@ int main(void) {
         cmocka_unit_test(test_order_and_views),  cmocka_unit_test(test_error_strips_ansi),
         cmocka_unit_test(test_text_cap),         cmocka_unit_test(test_image_dropped_whole),
         cmocka_unit_test(test_clear_and_update), cmocka_unit_test(test_ignores_garbage),
-        cmocka_unit_test(test_note_lost),
+        cmocka_unit_test(test_note_lost),        cmocka_unit_test(test_reply_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
