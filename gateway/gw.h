@@ -14,6 +14,7 @@
 #include "firewall.h"
 #include "launcher.h"
 #include "loop.h"
+#include "relay.h"
 
 #include <czmq.h>
 #include <limits.h>
@@ -64,6 +65,7 @@ struct gw_worker {
     bool hb_outstanding;
     bool seen_since_tick;          /* any message from the kernel since the last heartbeat tick */
     zsock_t *mon[JWIRE_NCHANNELS]; /* disconnect monitors (not on heartbeat) */
+    gw_relay_t *relay[JWIRE_NCHANNELS]; /* each socket reaches the kernel through one */
     loop_watch_t *mon_watch[JWIRE_NCHANNELS];
     loop_watch_t *lost_timer; /* a channel closed: declared lost unless the exit comes first */
     char lost_why[160];

@@ -4,8 +4,9 @@
  *
  * Hostile-kernel rules applied here: the socket files are checked to be sockets (not symlinks)
  * before connecting, and reconnection is disabled so a socket swapped later is never followed;
- * every incoming message is size-bounded (ZMQ_MAXMSGSIZE plus jwire limits), signed and
- * replay-checked; a kernel that misses heartbeats or exits is replaced. */
+ * every incoming message is size-bounded as a whole before libzmq buffers it (each channel
+ * goes through a guarded relay, relay.h), then signed and replay-checked by jwire; a kernel
+ * that misses heartbeats or exits is replaced. */
 #include "gw.h"
 #include "log.h"
 #include "util.h"
@@ -336,6 +337,7 @@ static void close_channel(gw_worker_t *w, int c) {
     zsock_destroy(&w->mon[c]);
     loop_watch_del(w->gw->loop, &w->watch[c]);
     zsock_destroy(&w->sock[c]);
+    gw_relay_close(&w->relay[c]);
 }
 
 /* iopub is lossy in Jupyter anyway: a kernel whose iopub connection was dropped (an output
@@ -369,9 +371,10 @@ static void on_lost_timer(loop_t *loop, loop_watch_t *t, void *arg) {
     worker_died(w, w->lost_why);
 }
 
-/* ZeroMQ drops a connection whose peer sent a message over ZMQ_MAXMSGSIZE (or broke the
- * protocol), and with reconnection off (see the top) that channel stays gone while the
- * heartbeat still answers: act now rather than at a timeout. */
+/* A channel's connection closes when its relay cut it (a message over the limits), when
+ * ZeroMQ finds the protocol broken, or when the kernel hangs up; with reconnection off (see
+ * the top) that channel stays gone while the heartbeat may still answer: act now rather than
+ * at a timeout. */
 static void on_monitor(loop_t *loop, loop_watch_t *watch, void *sock, void *arg) {
     gw_worker_t *w = arg;
     zmsg_t *m = zmsg_recv_nowait(sock);
@@ -392,10 +395,17 @@ static void on_monitor(loop_t *loop, loop_watch_t *watch, void *sock, void *arg)
     w->lost_channels |= 1u << c; /* all of them count when the grace ends */
     if (w->lost_timer)
         return;
-    snprintf(w->lost_why, sizeof w->lost_why,
-             "the kernel's %s connection closed: a message over --kernel-max-message-mb=%" PRIu64
-             " or a protocol error",
-             jwire_channel_name((jwire_channel_t)c), w->gw->cfg.kernel_max_message_mb);
+    const char *cut = gw_relay_why(w->relay[c]);
+    if (cut)
+        snprintf(w->lost_why, sizeof w->lost_why,
+                 "the kernel's %s connection was cut: %s (--kernel-max-message-mb=%" PRIu64
+                 ", %d frames)",
+                 jwire_channel_name((jwire_channel_t)c), cut, w->gw->cfg.kernel_max_message_mb,
+                 KERNEL_MAX_FRAMS);
+    else /* the relay cuts before libzmq could see a message over the limit */
+        snprintf(w->lost_why, sizeof w->lost_why,
+                 "the kernel's %s connection closed (the kernel hung up or broke the protocol)",
+                 jwire_channel_name((jwire_channel_t)c));
     /* The usual cause is the kernel exiting; its pidfd then fires first and names it. */
     w->lost_timer = loop_timer_add(loop, CHANNEL_LOST_GRACE_MS, 0, on_lost_timer, w);
 }
@@ -417,8 +427,12 @@ static int watch_disconnects(gw_worker_t *w, int c) {
 static int open_channel(gw_worker_t *w, int c) {
     static const int types[JWIRE_NCHANNELS] = {ZMQ_DEALER, ZMQ_SUB, ZMQ_DEALER, ZMQ_DEALER,
                                                ZMQ_DEALER};
-    char ep[PATH_MAX + 16];
+    char ep[PATH_MAX + 16], relay_ep[64];
     int r = jwire_conn_endpoint(&w->conn, (jwire_channel_t)c, ep, sizeof ep);
+    if (r < 0)
+        return r;
+    r = gw_relay_open(w->gw->loop, ep, (uint64_t)w->gw->cfg.kernel_max_message_mb << 20,
+                      KERNEL_MAX_FRAMS, relay_ep, sizeof relay_ep, &w->relay[c]);
     if (r < 0)
         return r;
     zsock_t *s = zsock_new(types[c]);
@@ -439,7 +453,7 @@ static int open_channel(gw_worker_t *w, int c) {
         zsock_set_subscribe(s, "");
     if (c != JWIRE_HB && (r = watch_disconnects(w, c)) < 0)
         return r;
-    if (zsock_connect(s, "%s", ep) < 0)
+    if (zsock_connect(s, "%s", relay_ep) < 0)
         return -ECONNREFUSED;
     w->watch[c] = loop_zmq_add(w->gw->loop, s, on_sock, w);
     if (!w->watch[c])

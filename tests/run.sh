@@ -39,7 +39,7 @@ ctest --test-dir build --output-on-failure
 
 # 3. Every parser under libFuzzer (clang, ASan+UBSan), briefly: a regression net, not a campaign.
 CC=clang cmake -S . -B build-fuzz -DKBOX_FUZZ=ON >/dev/null
-fuzzers="fuzz_jwire_decode fuzz_jwire_conn fuzz_http fuzz_ws fuzz_wsframe"
+fuzzers="fuzz_jwire_decode fuzz_jwire_conn fuzz_http fuzz_ws fuzz_wsframe fuzz_zguard"
 cmake --build build-fuzz -j"$(nproc)" --target $fuzzers >/dev/null
 for f in $fuzzers; do
   bin=$(find build-fuzz -name "$f" -type f -perm -u+x | head -1)

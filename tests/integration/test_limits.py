@@ -91,6 +91,59 @@ def test_oversized_kernel_message_loses_output_not_session(make_gateway):
     assert r.json()["stdout"] == "fresh\n" and r.json()["session_reset"] is True
 
 
+# User code writes raw ZMTP on its own iopub connection (the gateway's layout: socket k-2): a
+# message that never ends, 64 KiB frames each under every per-frame limit. libzmq would keep
+# all of them waiting for the last; the gateway's relay cuts the connection at the limit.
+ENDLESS = """
+import os, socket, struct, time
+time.sleep(0.5)  # the kernel's own messages for this cell are out
+fds = []
+for fd in os.listdir('/proc/self/fd'):
+    try:
+        if not os.readlink('/proc/self/fd/' + fd).startswith('socket:'):
+            continue
+        s = socket.socket(fileno=int(fd))
+        try:
+            name = s.getsockname() if s.family == socket.AF_UNIX else ''
+            if (isinstance(name, str) and name.endswith('/k-2') and
+                    not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                fds.append(int(fd))  # the connection accepted on the iopub socket
+        finally:
+            s.detach()
+    except OSError:
+        pass
+frame = bytes([3]) + struct.pack('>Q', 65536) + b'z' * 65536
+sent = 0
+try:
+    for fd in fds:
+        os.set_blocking(fd, True)
+        while sent < (300 << 20):
+            sent += os.write(fd, frame)
+except OSError as e:
+    pass
+time.sleep(2)  # the gateway reopens iopub
+print('sockets', len(fds), 'sent MiB', sent >> 20)
+"""
+
+
+@pytest.mark.rss
+def test_endless_kernel_message_is_cut(make_gateway):
+    g = make_gateway(["--min-idle-workers", "1", "--kernel-max-message-mb", "1"]).start()
+    u = uid()
+    assert g.execute(u, "x = 41").status_code == 200
+    base = _peak_rss_mb(g.proc.pid)
+    r = g.execute(u, ENDLESS, timeout_ms=60000)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    grew = _peak_rss_mb(g.proc.pid) - base
+    print(f"gateway peak RSS grew {grew:.1f} MiB; {body['stdout']!r}")
+    assert "sockets 1 sent MiB" in body["stdout"], body
+    assert int(body["stdout"].split()[-1]) < 16, body["stdout"]
+    assert "iopub connection was cut: a message over the size limit" in body["stderr"], body
+    assert grew < 48, f"gateway peak RSS grew {grew:.0f} MiB"
+    assert g.execute(u, "print(x + 1)").json()["stdout"] == "42\n"
+
+
 def test_queue_limit_429(make_gateway):
     g = make_gateway(["--min-idle-workers", "1", "--max-queue", "2"]).start()
     u = uid()
