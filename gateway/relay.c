@@ -15,12 +15,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -246,16 +248,30 @@ static void on_listen(loop_t *loop, loop_watch_t *w, int fd, unsigned events, vo
     update(r);
 }
 
-/* The kernel's endpoint as a socket address. */
-static int parse_endpoint(const char *ep, struct sockaddr_storage *ss, socklen_t *len) {
+/* The kernel's endpoint as a socket address. ipc: the socket file itself, never what a
+ * symlink in its place points to (the kernel's uid owns the directory): opened without
+ * following (*pathfd, the caller closes it), checked to be a socket, and reached through its
+ * /proc/self/fd link, so nothing can be swapped between the check and the connect. */
+static int parse_endpoint(const char *ep, struct sockaddr_storage *ss, socklen_t *len,
+                          int *pathfd) {
     memset(ss, 0, sizeof *ss);
+    *pathfd = -1;
     if (strncmp(ep, "ipc://", 6) == 0) {
         struct sockaddr_un *un = (struct sockaddr_un *)ss;
         const char *path = ep + 6;
-        if (!*path || strlen(path) >= sizeof un->sun_path)
-            return -ENAMETOOLONG;
+        if (!*path)
+            return -EINVAL;
+        int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+            close(fd);
+            return -EPERM; /* a symlink or a file where the kernel's socket should be */
+        }
+        *pathfd = fd;
         un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, path, strlen(path) + 1);
+        snprintf(un->sun_path, sizeof un->sun_path, "/proc/self/fd/%d", fd);
         *len = (socklen_t)sizeof *un;
         return 0;
     }
@@ -286,8 +302,9 @@ int gw_relay_open(loop_t *loop, const char *kernel_endpoint, uint64_t max_bytes,
     if (!loop || !kernel_endpoint || !zmq_endpoint || !ret)
         return -EINVAL;
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    int r = parse_endpoint(kernel_endpoint, &ss, &sslen);
+    socklen_t sslen = 0;
+    _cleanup_close_ int pathfd = -1;
+    int r = parse_endpoint(kernel_endpoint, &ss, &sslen, &pathfd);
     if (r < 0)
         return r;
     gw_relay_t *rl = calloc(1, sizeof *rl);

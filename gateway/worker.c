@@ -2,8 +2,9 @@
  * launcher (off the loop), connect the five channels, wait until the kernel answers
  * kernel_info on shell and its iopub flows, then watch it by pidfd and heartbeat.
  *
- * Hostile-kernel rules applied here: the socket files are checked to be sockets (not symlinks)
- * before connecting, and reconnection is disabled so a socket swapped later is never followed;
+ * Hostile-kernel rules applied here: a socket file is opened without following symlinks,
+ * checked to be a socket and connected through that very file (relay.c), and reconnection is
+ * disabled so a socket swapped later is never followed;
  * every incoming message is size-bounded as a whole before libzmq buffers it (each channel
  * goes through a guarded relay, relay.h), then signed and replay-checked by jwire; a kernel
  * that misses heartbeats or exits is replaced. */

@@ -441,9 +441,25 @@ static void test_relay_bad_endpoints(void **state) {
     loop_t *loop = loop_new(0);
     char rep[64];
     gw_relay_t *relay = NULL;
-    char missing[128];
+    char missing[192];
     snprintf(missing, sizeof missing, "ipc://%s/nothing-here", tmpdir);
     assert_int_equal(gw_relay_open(loop, missing, 1, 1, rep, sizeof rep, &relay), -ENOENT);
+    /* What the kernel could put where its socket should be: a symlink (to a socket of the
+     * host, say) or a file. */
+    char real[128], link[128];
+    zsock_t *target = relayed_kernel(loop, ZMQ_ROUTER, "k-target", 1, 1, rep, &relay);
+    gw_relay_close(&relay);
+    snprintf(real, sizeof real, "%s/k-target", tmpdir);
+    snprintf(link, sizeof link, "%s/k-link", tmpdir);
+    assert_int_equal(symlink(real, link), 0);
+    snprintf(missing, sizeof missing, "ipc://%s", link);
+    assert_int_equal(gw_relay_open(loop, missing, 1, 1, rep, sizeof rep, &relay), -EPERM);
+    snprintf(missing, sizeof missing, "ipc://%s/file", tmpdir);
+    FILE *f = fopen(missing + 6, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(gw_relay_open(loop, missing, 1, 1, rep, sizeof rep, &relay), -EPERM);
+    zsock_destroy(&target);
     assert_int_equal(gw_relay_open(loop, "tcp://1.2.3:5", 1, 1, rep, sizeof rep, &relay), -EINVAL);
     assert_int_equal(gw_relay_open(loop, "tcp://127.0.0.1:99999", 1, 1, rep, sizeof rep, &relay),
                      -EINVAL);
