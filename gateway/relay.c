@@ -5,7 +5,10 @@
  * the source is not read: back-pressure reaches the kernel through its socket buffer, as
  * without the relay. A side that hangs up still has its last bytes delivered (a kernel's
  * shutdown_reply comes just before it exits): the rest of its socket buffer is read (bounded
- * by that buffer, as no more can arrive), and the relay ends once that is written.
+ * by that buffer, as no more can arrive; a reset tcp connection gives what came before the
+ * reset), and the relay ends once that is written; what was on its way to the side that hung
+ * up is dropped. The relay ends when both directions are done, each fd watched only while it
+ * serves one (a hang-up is reported whether asked for or not).
  *
  * Cost: per batch of messages one read and one write more on the gateway's loop thread, which
  * wakes for them (it would wake for the messages anyway, one hop later). */
@@ -37,7 +40,8 @@ typedef struct {
 typedef struct {
     int *src, *dst;
     pend_t pend;
-    bool eof;     /* src hung up: end once pend is written */
+    bool eof;     /* nothing more comes from src: done once pend is written */
+    bool dead;    /* dst is gone: nothing more can be written (pend dropped) */
     bool guarded; /* from the kernel: checked by zguard */
 } dir_t;
 
@@ -47,6 +51,7 @@ struct gw_relay {
     loop_watch_t *lw, *dw, *uw;
     unsigned dev, uev; /* the events dw and uw are set to */
     bool connecting;   /* tcp: the connection to the kernel is not up yet */
+    bool failed;       /* gone before the gateway's socket came: it is hung up on arrival */
     dir_t to_down, to_up;
     zguard_t guard;
     const char *why;
@@ -59,8 +64,6 @@ static void pend_free(pend_t *p) {
 }
 
 static int pend_add(pend_t *p, const uint8_t *b, size_t n) {
-    if (p->off > 0 && p->off == p->len)
-        p->off = p->len = 0;
     if (p->len + n > p->cap) {
         size_t cap = p->cap ? p->cap : RELAY_CHUNK;
         while (cap < p->len + n)
@@ -80,12 +83,17 @@ static bool pend_empty(const pend_t *p) {
     return p->off == p->len;
 }
 
+static bool dir_done(const dir_t *d) {
+    return d->dead || (d->eof && pend_empty(&d->pend));
+}
+
 static void close_fd(int *fd) {
     if (*fd >= 0)
         close(*fd);
     *fd = -1;
 }
 
+/* Both connections closed now (the gateway's socket sees its peer hang up). */
 static void end(gw_relay_t *r, const char *why) {
     if (r->ended)
         return;
@@ -101,19 +109,63 @@ static void end(gw_relay_t *r, const char *why) {
     pend_free(&r->to_up.pend);
 }
 
-/* A direction reads while nothing of it waits to be written and its destination is there. */
-static bool wants_read(const gw_relay_t *r, const dir_t *d) {
-    return *d->src >= 0 && *d->dst >= 0 && !r->connecting && !d->eof && pend_empty(&d->pend);
+/* The kernel's side failed before the gateway's socket connected: closing the listener
+ * would make that connect fail, which libzmq (reconnection off) never reports. So the
+ * connection is taken and closed at once: a disconnect the worker's monitor sees. */
+static void fail(gw_relay_t *r) {
+    if (r->dfd >= 0 || r->lfd < 0) {
+        end(r, NULL);
+        return;
+    }
+    r->failed = true;
+    loop_watch_del(r->loop, &r->uw);
+    close_fd(&r->ufd);
 }
 
-static void update(gw_relay_t *r) {
+/* The events one side's fd needs: reading for the direction it feeds while nothing of that
+ * waits, writing while the direction into it holds bytes. */
+static unsigned side_events(const gw_relay_t *r, const dir_t *from, const dir_t *to) {
+    unsigned ev = 0;
+    if (!r->connecting && *from->dst >= 0 && !from->eof && !from->dead && pend_empty(&from->pend))
+        ev |= LOOP_READ;
+    if (!to->dead && !pend_empty(&to->pend))
+        ev |= LOOP_WRITE;
+    return ev;
+}
+
+/* A side whose fd serves neither direction any more loses its watch: its hang-up would
+ * otherwise fire on every turn of the loop. */
+static bool side_needed(const dir_t *from, const dir_t *to) {
+    return !(from->eof || from->dead) || !dir_done(to);
+}
+
+static void on_up(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg);
+
+/* Ends the relay once both directions are done; else sets what each fd is watched for. */
+static void settle(gw_relay_t *r) {
     if (r->ended)
         return;
-    unsigned uev = r->connecting ? LOOP_WRITE
-                                 : (wants_read(r, &r->to_down) ? LOOP_READ : 0) |
-                                       (pend_empty(&r->to_up.pend) ? 0 : LOOP_WRITE);
-    unsigned dev = (wants_read(r, &r->to_up) ? LOOP_READ : 0) |
-                   (pend_empty(&r->to_down.pend) ? 0 : LOOP_WRITE);
+    if (dir_done(&r->to_down) && dir_done(&r->to_up)) {
+        end(r, NULL);
+        return;
+    }
+    /* The kernel's side is watched once the gateway's socket is there (or while its tcp
+     * connect completes): a hang-up before that is seen, and delivered, after it came. */
+    if (!r->uw && r->ufd >= 0 && (r->dfd >= 0 || r->connecting) &&
+        side_needed(&r->to_down, &r->to_up)) {
+        r->uev = 0;
+        r->uw = loop_io_add(r->loop, r->ufd, 0, on_up, r);
+        if (!r->uw) {
+            end(r, NULL);
+            return;
+        }
+    }
+    if (r->uw && !side_needed(&r->to_down, &r->to_up))
+        loop_watch_del(r->loop, &r->uw);
+    if (r->dw && !side_needed(&r->to_up, &r->to_down))
+        loop_watch_del(r->loop, &r->dw);
+    unsigned uev = r->connecting ? LOOP_WRITE : side_events(r, &r->to_down, &r->to_up);
+    unsigned dev = side_events(r, &r->to_up, &r->to_down);
     /* Each change is a system call: only when the set really changes. */
     if (r->uw && uev != r->uev && loop_io_mod(r->loop, r->uw, uev) == 0)
         r->uev = uev;
@@ -121,87 +173,79 @@ static void update(gw_relay_t *r) {
         r->dev = dev;
 }
 
-/* Writes what waits for d's destination. 0, or -errno when the destination is gone. */
-static int flush(dir_t *d) {
+/* d's destination is gone: what it held is dropped. */
+static void kill_dir(dir_t *d) {
+    d->dead = true;
+    pend_free(&d->pend);
+}
+
+/* Writes what waits for d's destination; a destination gone kills d. */
+static void flush(dir_t *d) {
     pend_t *p = &d->pend;
     while (!pend_empty(p)) {
         ssize_t n = send(*d->dst, p->data + p->off, p->len - p->off, MSG_NOSIGNAL);
-        if (n < 0)
-            return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                kill_dir(d);
+            return;
+        }
         p->off += (size_t)n;
     }
-    if (p->cap > RELAY_CHUNK) /* a burst's buffer is not kept */
-        pend_free(p);
-    return 0;
+    pend_free(p); /* only back-pressure needs a buffer: none is kept */
 }
 
-/* Moves bytes from d's source to its destination: one read, or while the source hangs up,
- * everything it still holds. */
-static void pump(gw_relay_t *r, dir_t *d, bool drain) {
+/* Moves bytes from d's source to its destination: one read, or, when the source hangs up,
+ * all it still holds (bounded by its socket buffer: nothing more can arrive). `other` is the
+ * direction into d's source. 0, or -1 once the relay ended. */
+static int pump(gw_relay_t *r, dir_t *d, dir_t *other, bool drain) {
     uint8_t buf[RELAY_CHUNK];
     do {
         ssize_t n = read(*d->src, buf, sizeof buf);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             break;
         if (n <= 0) {
-            /* That side is gone both ways (libzmq never half-closes): nothing more is read
-             * from it or can be written to it, and its hang-up must stop firing. */
+            /* Hung up (or reset): libzmq never half-closes, so that side is gone both ways. */
             d->eof = true;
-            if (d->src == &r->ufd)
-                loop_watch_del(r->loop, &r->uw);
-            else
-                loop_watch_del(r->loop, &r->dw);
+            kill_dir(other);
             break;
         }
         if (d->guarded && zguard_feed(&r->guard, buf, (size_t)n) < 0) {
             end(r, r->guard.why);
-            return;
+            return -1;
         }
+        if (d->dead)
+            continue; /* its destination is gone: read to the end, keep nothing */
         size_t sent = 0;
         if (pend_empty(&d->pend)) {
             ssize_t w = send(*d->dst, buf, (size_t)n, MSG_NOSIGNAL);
             if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                end(r, NULL);
-                return;
+                kill_dir(d);
+                continue;
             }
             sent = w > 0 ? (size_t)w : 0;
         }
         if (sent < (size_t)n && pend_add(&d->pend, buf + sent, (size_t)n - sent) < 0) {
             end(r, NULL);
-            return;
+            return -1;
         }
     } while (drain);
-    if (d->eof && pend_empty(&d->pend)) {
-        end(r, NULL);
-        return;
-    }
-    update(r);
+    return 0;
 }
 
-/* Events on one side: fd is the source of `from` and the destination of `to`. */
+/* Events on one side: its fd is the source of `from` and the destination of `to`. */
 static void on_side(gw_relay_t *r, dir_t *from, dir_t *to, unsigned events) {
-    if (events & LOOP_ERR) {
-        end(r, NULL);
-        return;
-    }
-    if ((events & LOOP_WRITE) && !pend_empty(&to->pend)) {
-        if (flush(to) < 0) {
-            end(r, NULL);
+    if ((events & LOOP_WRITE) && !to->dead && !pend_empty(&to->pend))
+        flush(to);
+    /* A hang-up or error is reported whatever we asked for: read what is left now (a reset
+     * connection still gives what came before it), or it would fire again and again. */
+    if ((events & (LOOP_HUP | LOOP_ERR)) && !from->eof) {
+        if (pump(r, from, to, true) < 0)
             return;
-        }
-        if (to->eof && pend_empty(&to->pend)) {
-            end(r, NULL);
+    } else if ((events & LOOP_READ) && side_events(r, from, to) & LOOP_READ) {
+        if (pump(r, from, to, false) < 0)
             return;
-        }
     }
-    /* A hang-up is reported whatever we asked for: read what is left now, or this would
-     * fire again and again while the other side is slow to take what we hold. */
-    if (events & LOOP_HUP)
-        pump(r, from, true);
-    else if ((events & LOOP_READ) && wants_read(r, from))
-        pump(r, from, false);
-    else
-        update(r);
+    settle(r);
 }
 
 static void on_up(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
@@ -210,27 +254,35 @@ static void on_up(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *
         int err = 0;
         socklen_t len = sizeof err;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
-            end(r, NULL);
+            fail(r);
             return;
         }
         r->connecting = false;
-        update(r);
+        if (r->dfd < 0)
+            loop_watch_del(loop, &r->uw); /* back when the gateway's socket comes */
+        settle(r);
         return;
     }
     on_side(r, &r->to_down, &r->to_up, events);
 }
 
 static void on_down(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
-    on_side(arg, &((gw_relay_t *)arg)->to_up, &((gw_relay_t *)arg)->to_down, events);
+    gw_relay_t *r = arg;
+    on_side(r, &r->to_up, &r->to_down, events);
 }
 
 static void on_listen(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg) {
     gw_relay_t *r = arg;
     int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c < 0)
+    if (c < 0) {
+        /* Out of descriptors or memory, the connection stays queued and this would fire
+         * forever: closing the listener resets it, which the worker sees. */
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+            end(r, NULL);
         return;
-    /* Only our own socket: the address is abstract, so any process of the host's network
-     * namespace could try it first (no sandbox can: each has a namespace of its own). */
+    }
+    /* Only our own socket: an abstract address is visible to every process of the host's
+     * network namespace (no sandbox: each has a namespace of its own), which could try it. */
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid != getpid()) {
@@ -240,12 +292,17 @@ static void on_listen(loop_t *loop, loop_watch_t *w, int fd, unsigned events, vo
     r->dfd = c;
     loop_watch_del(loop, &r->lw);
     close_fd(&r->lfd);
+    if (r->failed) {
+        end(r, NULL);
+        return;
+    }
+    r->dev = 0;
     r->dw = loop_io_add(loop, r->dfd, 0, on_down, r);
     if (!r->dw) {
         end(r, NULL);
         return;
     }
-    update(r);
+    settle(r);
 }
 
 /* The kernel's endpoint as a socket address. ipc: the socket file itself, never what a
@@ -325,7 +382,7 @@ int gw_relay_open(loop_t *loop, const char *kernel_endpoint, uint64_t max_bytes,
         rl->connecting = true;
     }
 
-    /* The gateway's side: an abstract address nobody can guess, taken once. */
+    /* The gateway's side: a random abstract address, taken once (see on_listen). */
     struct sockaddr_un un = {.sun_family = AF_UNIX};
     char name[40] = "kbox-relay-";
     random_hex(name + strlen(name), 12);
@@ -337,10 +394,14 @@ int gw_relay_open(loop_t *loop, const char *kernel_endpoint, uint64_t max_bytes,
     if ((r = xsnprintf(zmq_endpoint, len, "ipc://@%s", name)) < 0)
         goto fail;
     rl->lw = loop_io_add(loop, rl->lfd, LOOP_READ, on_listen, rl);
-    rl->uev = rl->connecting ? LOOP_WRITE : 0;
-    rl->uw = loop_io_add(loop, rl->ufd, rl->uev, on_up, rl);
-    if (!rl->lw || !rl->uw)
+    if (!rl->lw)
         goto fail_errno;
+    if (rl->connecting) {
+        rl->uev = LOOP_WRITE;
+        rl->uw = loop_io_add(loop, rl->ufd, LOOP_WRITE, on_up, rl);
+        if (!rl->uw)
+            goto fail_errno;
+    }
     *ret = rl;
     return 0;
 fail_errno:

@@ -43,10 +43,11 @@ static int check_greeting(zguard_t *g) {
 /* A frame's header is complete: count it against its message. */
 static int frame_start(zguard_t *g) {
     if (g->flags & F_COMMAND) {
-        /* Commands (READY, PING, ...) stand alone and are small; one inside a multipart
-         * message is a broken stream. */
-        if ((g->flags & F_MORE) || g->msg_frames > 0)
-            return fail(g, -EPROTO, "a command inside a message");
+        /* Commands (READY, PING, SUBSCRIBE, ...) are single frames, handled by libzmq as they
+         * come, never held: each is only bounded. libzmq may send its heartbeat PING between
+         * the frames of a message, so they do not touch the message's count. */
+        if (g->flags & F_MORE)
+            return fail(g, -EPROTO, "a command frame with MORE set");
         if (g->size > g->max_bytes)
             return fail(g, -EMSGSIZE, "a command over the message size limit");
     } else {

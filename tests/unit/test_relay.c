@@ -12,8 +12,10 @@
 #include "util.h"
 #include "zguard.h"
 
+#include <arpa/inet.h>
 #include <czmq.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,7 +91,10 @@ static void test_guard_accepts_messages_within_limits(void **state) {
     frame(&s, 0x01, 10, true); /* three frames, 10 + 200 + 90 = 300 bytes */
     frame(&s, 0x01, 200, true);
     frame(&s, 0x00, 90, true);
-    frame(&s, 0x04, 4, true);   /* a command between messages (PING) */
+    frame(&s, 0x04, 4, true); /* a command between messages (PING) */
+    frame(&s, 0x01, 100, true);
+    frame(&s, 0x04, 4, true); /* one between a message's frames (libzmq's heartbeat) */
+    frame(&s, 0x00, 200, true);
     frame(&s, 0x03, 300, true); /* long-size frames count the same */
     frame(&s, 0x00, 0, false);
     assert_int_equal(feed_all_ways(&s, 300, 3), 0);
@@ -148,8 +153,7 @@ static void test_guard_protocol_errors(void **state) {
 
     bytes_t c = {0};
     greeting(&c, "NULL", 3);
-    frame(&c, 0x01, 5, true);
-    frame(&c, 0x04, 4, true); /* a command inside a message */
+    frame(&c, 0x05, 4, true); /* a command with MORE */
     assert_int_equal(feed_all_ways(&c, 300, 8), -EPROTO);
 
     bytes_t big = {0};
@@ -437,6 +441,73 @@ static void test_relay_refuses_strangers(void **state) {
     loop_destroy(&loop);
 }
 
+/* The gateway's socket must learn that the kernel's side is gone even when that happened
+ * before it connected: libzmq, with reconnection off, never reports a connect that failed. */
+static bool disconnect_seen(loop_t *loop, zsock_t *mon) {
+    for (int i = 0; i < 300; i++) {
+        zmsg_t *e = zmsg_recv_nowait(mon);
+        if (e) {
+            uint16_t ev = 0;
+            memcpy(&ev, zframe_data(zmsg_first(e)), sizeof ev);
+            zmsg_destroy(&e);
+            if (ev == ZMQ_EVENT_DISCONNECTED)
+                return true;
+            continue;
+        }
+        spin(loop, 10);
+    }
+    return false;
+}
+
+static void test_relay_reports_a_kernel_gone_early(void **state) {
+    loop_t *loop = loop_new(0);
+    char rep[64];
+    gw_relay_t *relay = NULL;
+    zsock_t *kernel = relayed_kernel(loop, ZMQ_ROUTER, "k-5", 1u << 20, 8, rep, &relay);
+    zsock_destroy(&kernel); /* hangs up on the relay before the gateway's socket comes */
+    spin(loop, 50);
+    zsock_t *client = zsock_new(ZMQ_DEALER);
+    zsock_set_reconnect_ivl(client, -1); /* as the gateway's */
+    assert_int_equal(
+        zmq_socket_monitor(zsock_resolve(client), "inproc://relay-mon-5", ZMQ_EVENT_DISCONNECTED),
+        0);
+    zsock_t *mon = zsock_new_pair(">inproc://relay-mon-5");
+    assert_int_equal(zsock_connect(client, "%s", rep), 0);
+    assert_true(disconnect_seen(loop, mon));
+    zmq_socket_monitor(zsock_resolve(client), NULL, 0);
+    zsock_destroy(&mon);
+    zsock_destroy(&client);
+    gw_relay_close(&relay);
+
+    /* The same for a tcp kernel whose connection is refused once the connect completes. */
+    int probe = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t slen = sizeof sa;
+    assert_int_equal(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(probe, (struct sockaddr *)&sa, &slen), 0);
+    close(probe); /* a port nobody listens on */
+    char tep[64];
+    snprintf(tep, sizeof tep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+    int r = gw_relay_open(loop, tep, 1u << 20, 8, rep, sizeof rep, &relay);
+    if (r == 0) { /* refused later, not at once */
+        client = zsock_new(ZMQ_DEALER);
+        zsock_set_reconnect_ivl(client, -1);
+        assert_int_equal(zmq_socket_monitor(zsock_resolve(client), "inproc://relay-mon-6",
+                                            ZMQ_EVENT_DISCONNECTED),
+                         0);
+        mon = zsock_new_pair(">inproc://relay-mon-6");
+        assert_int_equal(zsock_connect(client, "%s", rep), 0);
+        assert_true(disconnect_seen(loop, mon));
+        zmq_socket_monitor(zsock_resolve(client), NULL, 0);
+        zsock_destroy(&mon);
+        zsock_destroy(&client);
+        gw_relay_close(&relay);
+    } else {
+        assert_int_equal(r, -ECONNREFUSED);
+    }
+    loop_destroy(&loop);
+}
+
 static void test_relay_bad_endpoints(void **state) {
     loop_t *loop = loop_new(0);
     char rep[64];
@@ -479,6 +550,7 @@ int main(void) {
         cmocka_unit_test(test_relay_cuts_an_oversized_message),
         cmocka_unit_test(test_relay_cuts_an_endless_message),
         cmocka_unit_test(test_relay_refuses_strangers),
+        cmocka_unit_test(test_relay_reports_a_kernel_gone_early),
         cmocka_unit_test(test_relay_bad_endpoints),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
