@@ -459,6 +459,20 @@ static bool disconnect_seen(loop_t *loop, zsock_t *mon) {
     return false;
 }
 
+/* A gateway-like socket (reconnection off) connected to the relay sees its peer hang up. */
+static void expect_hang_up(loop_t *loop, const char *rep, const char *mon_ep) {
+    zsock_t *client = zsock_new(ZMQ_DEALER);
+    zsock_set_reconnect_ivl(client, -1);
+    assert_int_equal(zmq_socket_monitor(zsock_resolve(client), mon_ep, ZMQ_EVENT_DISCONNECTED), 0);
+    zsock_t *mon = zsock_new(ZMQ_PAIR);
+    assert_int_equal(zsock_connect(mon, "%s", mon_ep), 0);
+    assert_int_equal(zsock_connect(client, "%s", rep), 0);
+    assert_true(disconnect_seen(loop, mon));
+    zmq_socket_monitor(zsock_resolve(client), NULL, 0);
+    zsock_destroy(&mon);
+    zsock_destroy(&client);
+}
+
 static void test_relay_reports_a_kernel_gone_early(void **state) {
     loop_t *loop = loop_new(0);
     char rep[64];
@@ -466,17 +480,7 @@ static void test_relay_reports_a_kernel_gone_early(void **state) {
     zsock_t *kernel = relayed_kernel(loop, ZMQ_ROUTER, "k-5", 1u << 20, 8, rep, &relay);
     zsock_destroy(&kernel); /* hangs up on the relay before the gateway's socket comes */
     spin(loop, 50);
-    zsock_t *client = zsock_new(ZMQ_DEALER);
-    zsock_set_reconnect_ivl(client, -1); /* as the gateway's */
-    assert_int_equal(
-        zmq_socket_monitor(zsock_resolve(client), "inproc://relay-mon-5", ZMQ_EVENT_DISCONNECTED),
-        0);
-    zsock_t *mon = zsock_new_pair(">inproc://relay-mon-5");
-    assert_int_equal(zsock_connect(client, "%s", rep), 0);
-    assert_true(disconnect_seen(loop, mon));
-    zmq_socket_monitor(zsock_resolve(client), NULL, 0);
-    zsock_destroy(&mon);
-    zsock_destroy(&client);
+    expect_hang_up(loop, rep, "inproc://relay-mon-5");
     gw_relay_close(&relay);
 
     /* The same for a tcp kernel whose connection is refused once the connect completes. */
@@ -489,22 +493,11 @@ static void test_relay_reports_a_kernel_gone_early(void **state) {
     char tep[64];
     snprintf(tep, sizeof tep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
     int r = gw_relay_open(loop, tep, 1u << 20, 8, rep, sizeof rep, &relay);
-    if (r == 0) { /* refused later, not at once */
-        client = zsock_new(ZMQ_DEALER);
-        zsock_set_reconnect_ivl(client, -1);
-        assert_int_equal(zmq_socket_monitor(zsock_resolve(client), "inproc://relay-mon-6",
-                                            ZMQ_EVENT_DISCONNECTED),
-                         0);
-        mon = zsock_new_pair(">inproc://relay-mon-6");
-        assert_int_equal(zsock_connect(client, "%s", rep), 0);
-        assert_true(disconnect_seen(loop, mon));
-        zmq_socket_monitor(zsock_resolve(client), NULL, 0);
-        zsock_destroy(&mon);
-        zsock_destroy(&client);
-        gw_relay_close(&relay);
-    } else {
+    if (r == 0) /* refused later, not at once */
+        expect_hang_up(loop, rep, "inproc://relay-mon-6");
+    else
         assert_int_equal(r, -ECONNREFUSED);
-    }
+    gw_relay_close(&relay);
     loop_destroy(&loop);
 }
 
