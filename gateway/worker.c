@@ -4,10 +4,10 @@
  *
  * Hostile-kernel rules applied here: a socket file is opened without following symlinks,
  * checked to be a socket and connected through that very file (relay.c), and reconnection is
- * disabled so a socket swapped later is never followed;
- * every incoming message is size-bounded as a whole before libzmq buffers it (each channel
- * goes through a guarded relay, relay.h), then signed and replay-checked by jwire; a kernel
- * that misses heartbeats or exits is replaced. */
+ * disabled so a socket swapped later is never followed; every incoming message is
+ * size-bounded as a whole before libzmq buffers it (each channel goes through a guarded
+ * relay, relay.h), then signed and replay-checked by jwire; a kernel that misses heartbeats
+ * or exits is replaced. */
 #include "gw.h"
 #include "log.h"
 #include "util.h"
