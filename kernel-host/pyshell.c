@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "karena.h"
 #include "kernel_int.h"
 #include "kmsg.h"
 #include "pyglue.h" /* generated from pyglue.py: KHOST_PYGLUE_SOURCE */
@@ -32,10 +33,16 @@
 #include <poll.h>
 #include <signal.h>
 #include <sodium.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #define PY2JSON_MAX_DEPTH 200
-#define INPUT_POLL_MS     50
+/* pymalloc's arenas on huge pages (karena.h): the size CPython 3.11 asks for on 64-bit, and
+ * address space for that many (reserved, not memory: the worker's cgroup bounds the heap;
+ * beyond it arenas come from mmap as usual). */
+#define ARENA_SIZE    ((size_t)1 << 20)
+#define ARENA_RESERVE ((size_t)64 << 30)
+#define INPUT_POLL_MS 50
 
 static kshared_t *S;
 static volatile bool forked; /* set in a child of os.fork(): never touch the queues there */
@@ -857,6 +864,33 @@ static kreq_t *next_request(void) {
 
 /* ---- start -------------------------------------------------------------------------------- */
 
+static karena_t *arenas;
+
+static void *arena_alloc(void *ctx, size_t size) {
+    void *p = karena_alloc(ctx, size);
+    if (p)
+        return p;
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void arena_free(void *ctx, void *p, size_t size) {
+    if (!karena_free(ctx, p, size))
+        (void)munmap(p, size);
+}
+
+/* Before the interpreter allocates anything. Without the reservation (an address-space
+ * limit, say) pymalloc keeps its own mmap()s. */
+static void arenas_install(void) {
+    arenas = karena_new(ARENA_RESERVE, ARENA_SIZE, true);
+    if (!arenas) {
+        klog(LOG_LVL_WARN, "huge-page arenas unavailable", "{s:s}", "error", strerror(errno));
+        return;
+    }
+    PyObjectArenaAllocator a = {.ctx = arenas, .alloc = arena_alloc, .free = arena_free};
+    PyObject_SetArenaAllocator(&a);
+}
+
 static int python_start(void) {
     PyConfig config;
     PyConfig_InitPythonConfig(&config);
@@ -909,6 +943,7 @@ int kpy_run(kshared_t *sh) {
     sigemptyset(&sigint);
     sigaddset(&sigint, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigint, NULL);
+    arenas_install();
     int r = python_start();
     if (r < 0)
         return r;
@@ -953,6 +988,8 @@ int kpy_run(kshared_t *sh) {
     Py_XDECREF(gc);
     PyErr_Clear();
     malloc_trim(0);
+    klog(LOG_LVL_INFO, "python heap", "{s:I, s:b}", "arenas", (json_int_t)karena_in_use(arenas),
+         "huge_pages", karena_huge(arenas));
     pthread_sigmask(SIG_UNBLOCK, &sigint, NULL);
     discard_signals();
     out_push(kout_new(KOUT_PY_READY, JWIRE_SHELL, NULL, NULL, NULL, NULL, NULL, 0), 0);

@@ -226,3 +226,33 @@ def test_interrupt_during_start():
         assert alive(kern)
     finally:
         kern.close()
+
+
+def _smaps_kb(pid, field):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_big_heap_comes_back(fresh):
+    """Python's small objects live on the kernel's huge-page arenas (karena.c): user code that
+    fills and frees a large heap gets its memory back to the system, and the heap is mapped by
+    huge pages where the host has them."""
+    pid = fresh.kernel_pid()
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        thp = "[never]" not in f.read()
+    if thp:
+        assert _smaps_kb(pid, "AnonHugePages") >= 2048
+    reply, _ = fresh.execute("import gc; gc.collect()")
+    base = _smaps_kb(pid, "Rss")
+    reply, _ = fresh.execute("xs = [(i, str(i)) for i in range(2_000_000)]", timeout=60)
+    assert reply["status"] == "ok"
+    grown = _smaps_kb(pid, "Rss")
+    assert grown > base + 150 * 1024, (base, grown)
+    reply, _ = fresh.execute("del xs; gc.collect()")
+    assert reply["status"] == "ok"
+    back = _smaps_kb(pid, "Rss")
+    assert back < base + 20 * 1024, (base, grown, back)
+    assert alive(fresh)
