@@ -4,6 +4,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sodium.h>
@@ -41,6 +42,12 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     zsys_set_max_sockets((size_t)cfg.max_total_workers * 14 + 1024);
+    /* libzmq's I/O thread wakes for every message the loop thread hands it (and the loop
+     * thread for every batch it passes up). As SCHED_BATCH it does not preempt the loop
+     * thread that woke it and is still answering or sending: it runs once that thread
+     * sleeps, or on the other core. Each preemption is two context switches, and on this
+     * project's VMs a switch costs more than the work it interrupts (docs/BENCHMARKS.md). */
+    zsys_set_thread_sched_policy(SCHED_BATCH);
     signal(SIGPIPE, SIG_IGN);
 
     gw_t *gw = NULL;
