@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sodium.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #define SHUTDOWN_DEADLINE_MS 15000
@@ -38,6 +39,38 @@ static int load_token(gw_t *gw) {
     char line[sizeof gw->token + 2];
     snprintf(line, sizeof line, "%s\n", gw->token);
     return write_file_atomic(path, line, strlen(line), 0600);
+}
+
+/* One gateway per state dir. A second one would reattach the first's workers from its journal
+ * (two gateways handing out the same kernels) or sweep them as a dead run's leftovers, before
+ * it even tries its port, and empty the run dirs on its way out. The lock belongs to the open file
+ * (flock), so it goes with the process however that ends; children never hold it (O_CLOEXEC, and
+ * every child execs). */
+static int lock_state_dir(gw_t *gw) {
+    char path[PATH_MAX];
+    int r = xsnprintf(path, sizeof path, "%s/gateway.lock", gw->cfg.state_dir);
+    if (r < 0)
+        return r;
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            return -errno;
+        char holder[16] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        log_error("gateway", "another gateway runs on this state dir", "{s:s,s:s}", "state_dir",
+                  gw->cfg.state_dir, "pid", holder);
+        return -EBUSY;
+    }
+    char pid[16];
+    int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        return -errno;
+    gw->lock_fd = TAKE_FD(fd);
+    return 0;
 }
 
 /* After a crash: reattach the workers the journal lists that still run, then remove every
@@ -92,6 +125,7 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
     if (!gw)
         return -ENOMEM;
     gw->cfg = *cfg;
+    gw->lock_fd = -1;
     TAILQ_INIT(&gw->workers);
     TAILQ_INIT(&gw->idle);
     TAILQ_INIT(&gw->sessions);
@@ -109,6 +143,8 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
         r = r < 0 ? r : -errno;
         goto fail;
     }
+    if ((r = lock_state_dir(gw)) < 0)
+        goto fail; /* before anything of the state dir is touched */
     if ((r = xsnprintf(gw->run_root, sizeof gw->run_root, "%s/run", cfg->state_dir)) < 0)
         goto fail;
     if ((r = mkdir_p(gw->run_root, 0700)) < 0)
@@ -246,5 +282,6 @@ void gw_destroy(gw_t **gw_p) {
         launcher_destroy(&gw->launcher);
     if (gw->run_root[0])
         rmdir(gw->run_root);
+    closep(&gw->lock_fd); /* last: everything above was still ours to clean */
     free(gw);
 }

@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 
@@ -108,6 +109,43 @@ def test_dead_worker_in_journal_is_swept_and_its_session_reset(make_gateway):
         assert body["kernel_id"] == kid and body["session_reset"] is True, body
         assert body["stdout"] == "kept\nFalse\n", body
         assert g2.stop() == 0
+        assert no_leftovers(state) == {}
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_second_gateway_on_a_state_dir_in_use_refuses(make_gateway):
+    """Started twice on one state dir (start.sh run again, say), the second gateway must not
+    touch the first one's workers: it would reattach them from the journal (two gateways
+    handing out the same kernels) or sweep them as a crashed run's leftovers. It refuses
+    before touching anything, and the first keeps its session, its disk and its pool."""
+    state = tempfile.mkdtemp(prefix="kbox-crash-")
+    try:
+        g = make_gateway(["--min-idle-workers", "1"], state_dir=state).start()
+        u = uid()
+        r = g.execute(u, "v = 'still here'\nopen('/sandbox/f', 'w').write('on disk')")
+        assert r.status_code == 200, r.text
+        before = g.wait_status(lambda st: st["starting_workers"] == 0 and st["idle_workers"] == 1)
+        live = live_resources(state)
+
+        g2 = make_gateway(["--min-idle-workers", "1"], state_dir=state)
+        g2.log = open(g2.log_path, "wb")
+        g2.proc = subprocess.Popen(g2.args, env=g2.env, stdout=g2.log, stderr=subprocess.STDOUT)
+        try:
+            rc = g2.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = None  # it started (and swept): what that did to the first is checked first
+
+        r = g.execute(u, "print(v, open('/sandbox/f').read())")
+        assert r.status_code == 200, r.text
+        assert r.json()["stdout"] == "still here on disk\n" and r.json()["session_reset"] is False
+        after = g.status()
+        assert after["total_workers"] == before["total_workers"], (before, after)
+        assert live_resources(state) == live
+        assert rc not in (None, 0), g2.read_log()
+        assert "another gateway runs on this state dir" in g2.read_log()
+        assert str(g.proc.pid) in g2.read_log()
+        assert g.stop() == 0
         assert no_leftovers(state) == {}
     finally:
         shutil.rmtree(state, ignore_errors=True)
