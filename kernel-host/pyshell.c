@@ -38,10 +38,9 @@
 
 #define PY2JSON_MAX_DEPTH 200
 /* pymalloc's arenas on huge pages (karena.h): the size CPython 3.11 asks for on 64-bit, and
- * address space for that many (reserved, not memory: the worker's cgroup bounds the heap;
- * beyond it arenas come from mmap as usual). */
+ * the heap mapped 32 MiB at a time (an idle kernel's heap is ~16 MB). */
 #define ARENA_SIZE    ((size_t)1 << 20)
-#define ARENA_RESERVE ((size_t)64 << 30)
+#define ARENA_CHUNK   ((size_t)32 << 20)
 #define INPUT_POLL_MS 50
 
 static kshared_t *S;
@@ -879,10 +878,9 @@ static void arena_free(void *ctx, void *p, size_t size) {
         (void)munmap(p, size);
 }
 
-/* Before the interpreter allocates anything. Without the reservation (an address-space
- * limit, say) pymalloc keeps its own mmap()s. */
+/* Before the interpreter allocates anything. */
 static void arenas_install(void) {
-    arenas = karena_new(ARENA_RESERVE, ARENA_SIZE, true);
+    arenas = karena_new(ARENA_CHUNK, ARENA_SIZE, true);
     if (!arenas) {
         klog(LOG_LVL_WARN, "huge-page arenas unavailable", "{s:s}", "error", strerror(errno));
         return;

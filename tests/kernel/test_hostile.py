@@ -256,3 +256,20 @@ def test_big_heap_comes_back(fresh):
     back = _smaps_kb(pid, "Rss")
     assert back < base + 20 * 1024, (base, grown, back)
     assert alive(fresh)
+
+
+def test_address_space_limit_leaves_the_kernel_working(fresh):
+    """Code that caps its own address space (RLIMIT_AS, as test suites and careful scripts do)
+    keeps a working kernel: the heap's arenas map address space as they need it, not ahead."""
+    code = ("import resource\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, hard))\n"
+            "b = bytearray(100 << 20)\n"
+            "xs = [str(i) for i in range(500_000)]\n"
+            "print(len(b), len(xs))\n"
+            "del b, xs\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (soft, hard))\n")
+    reply, out = fresh.execute(code, timeout=60)
+    assert reply["status"] == "ok", reply
+    assert stream_text(out) == "104857600 500000\n"
+    assert alive(fresh)
