@@ -69,8 +69,10 @@ static const struct opt opts[] = {
      "tcp transport: IPv4 block for the workers' links, one /30 each (gateway .1, worker .2)"},
     {"worker-net6", OPT_STR, O(worker_net6), S(worker_net6), 0, 0, "",
      "tcp transport: IPv6 block for the workers' links, one /126 each; empty = IPv4 only"},
-    {"uid-base", OPT_U32, O(uid_base), 0, 1000, 4000000000.0, "100000",
-     "first uid given to workers (each worker runs as its own uid)"},
+    {"uid-base", OPT_U32, O(uid_base), 0, 0, 4000000000.0, "0",
+     "first uid given to workers (each worker runs as its own uid); 0: the lowest range from "
+     "100000 no other running gateway holds, chosen at the first start and kept in the state "
+     "dir"},
     {"uid-count", OPT_U32, O(uid_count), 0, 1, 1000000, "4096", "how many worker uids"},
     {"disk-reserve-mb", OPT_U64, O(disk_reserve_mb), 0, 0, 1048576, "1024",
      "host disk space never given to worker disks (a new disk beyond it: 503)"},
@@ -171,6 +173,14 @@ static int validate(const gw_config_t *cfg, char *err, size_t errlen) {
                      fw_pool_size(&pool), cfg->uid_count);
             return -EINVAL;
         }
+    }
+    if ((cfg->uid_base != 0 && cfg->uid_base < 1000) ||
+        (uint64_t)cfg->uid_base + cfg->uid_count > INT32_MAX) {
+        snprintf(err, errlen,
+                 "uid-base must be 0 (automatic) or at least 1000, and uid-base + "
+                 "uid-count at most %d",
+                 INT32_MAX);
+        return -EINVAL;
     }
     if (cfg->min_idle_workers > cfg->max_total_workers) {
         snprintf(err, errlen, "min-idle-workers (%u) exceeds max-total-workers (%u)",

@@ -126,6 +126,7 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
         return -ENOMEM;
     gw->cfg = *cfg;
     gw->lock_fd = -1;
+    gw->uid_lock_fd = -1;
     TAILQ_INIT(&gw->workers);
     TAILQ_INIT(&gw->idle);
     TAILQ_INIT(&gw->sessions);
@@ -282,6 +283,7 @@ void gw_destroy(gw_t **gw_p) {
         launcher_destroy(&gw->launcher);
     if (gw->run_root[0])
         rmdir(gw->run_root);
+    closep(&gw->uid_lock_fd);
     closep(&gw->lock_fd); /* last: everything above was still ours to clean */
     free(gw);
 }

@@ -13,6 +13,7 @@
 #include "diskmgr.h"
 #include "firewall.h"
 #include "launcher_runc.h"
+#include "uidrange.h"
 
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -92,6 +93,28 @@ int gw_sandbox_init(gw_t *gw) {
     const gw_config_t *c = &gw->cfg;
     int r;
     char path[PATH_MAX], images[PATH_MAX], mounts[PATH_MAX];
+    /* Our workers' uids, claimed host-wide before anything is built with them. */
+    char keep[PATH_MAX];
+    if ((r = xsnprintf(keep, sizeof keep, "%s/uid-base", c->state_dir)) < 0)
+        return r;
+    uint32_t base = 0;
+    gw_uid_range_t other;
+    r = gw_uid_claim(GW_UID_REGISTRY, keep, c->uid_base, c->uid_count, &base, &gw->uid_lock_fd,
+                     &other);
+    if (r == -EBUSY) {
+        log_error("sandbox",
+                  other.count ? "worker uids overlap those of another running gateway"
+                              : "no free range of worker uids",
+                  "{s:I,s:I,s:I,s:I,s:i}", "uid_base", (json_int_t)c->uid_base, "uid_count",
+                  (json_int_t)c->uid_count, "other_uid_base", (json_int_t)other.base,
+                  "other_uid_count", (json_int_t)other.count, "other_pid", (int)other.pid);
+        return r;
+    }
+    if (r < 0)
+        return r;
+    gw->cfg.uid_base = base; /* c is &gw->cfg: everything below sees it */
+    log_info("sandbox", "worker uids", "{s:I,s:I}", "uid_base", (json_int_t)base, "uid_count",
+             (json_int_t)c->uid_count);
     gw->uid_count = c->uid_count;
     gw->uid_used = calloc((gw->uid_count + 63) / 64, sizeof *gw->uid_used);
     if (!gw->uid_used)

@@ -2,6 +2,7 @@
 with the default instead) would make the test fail, not just checks that it is accepted."""
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -140,6 +141,46 @@ def test_max_starting_workers(make_gateway):
     # The default (4) would start them together; one at a time, idle rises one by one.
     idles = [i for _, i in seen]
     assert all(b - a <= 1 for a, b in zip(idles, idles[1:])), idles
+
+
+@pytest.mark.skipif(LAUNCHER != "runc", reason="worker uids are the sandboxed launcher's")
+def test_gateways_on_one_host_never_share_uids(make_gateway):
+    """Two gateways on one host with the default --uid-base get ranges no other running gateway
+    holds; an explicit range over a running gateway's is refused, naming it; a restart keeps
+    the range it chose (its sessions' disks hold files of those uids), even when a lower one
+    has become free."""
+    probe = "import os\nprint(os.getuid())"
+    state_b = tempfile.mkdtemp(prefix="kbox-uids-")
+    try:
+        a = make_gateway(["--min-idle-workers", "0", "--uid-count", "64"]).start()
+        b = make_gateway(["--min-idle-workers", "0", "--uid-count", "64"], state_dir=state_b).start()
+        uids = {}
+        for g in (a, b):
+            r = g.execute(uid(), probe)
+            assert r.status_code == 200, r.text
+            with open(os.path.join(g.state_dir, "uid-base")) as f:
+                base = int(f.read())
+            uids[g] = (base, int(r.json()["stdout"]))
+            assert base <= uids[g][1] < base + 64, uids[g]
+        assert abs(uids[a][0] - uids[b][0]) >= 64, uids
+
+        c = make_gateway(["--min-idle-workers", "0", "--uid-base", str(uids[a][0] + 63),
+                          "--uid-count", "1"])
+        c.log = open(c.log_path, "wb")
+        c.proc = subprocess.Popen(c.args, env=c.env, stdout=c.log, stderr=subprocess.STDOUT)
+        assert c.proc.wait(timeout=30) != 0, c.read_log()
+        assert "worker uids overlap those of another running gateway" in c.read_log()
+        assert f'"other_pid":{a.proc.pid}' in c.read_log(), c.read_log()
+
+        assert a.stop() == 0 and b.stop() == 0
+        b2 = make_gateway(["--min-idle-workers", "0", "--uid-count", "64"],
+                          state_dir=state_b).start()
+        r = b2.execute(uid(), probe)
+        assert r.status_code == 200, r.text
+        assert uids[b][0] <= int(r.json()["stdout"]) < uids[b][0] + 64, uids
+        assert b2.stop() == 0
+    finally:
+        shutil.rmtree(state_b, ignore_errors=True)
 
 
 @pytest.mark.skipif(LAUNCHER != "runc", reason="worker uids are the sandboxed launcher's")

@@ -115,11 +115,27 @@ static void test_worker_transport(void **state) {
     assert_int_equal(gw_config_load(&c, 3, ipc, no_env, err, sizeof err), 0);
 }
 
+static void test_uid_base(void **state) {
+    (void)state;
+    gw_config_t c;
+    char err[256];
+    char *def[] = {"gw", NULL};
+    assert_int_equal(gw_config_load(&c, 1, def, no_env, err, sizeof err), 0);
+    assert_int_equal(c.uid_base, 0); /* automatic: a free range, kept in the state dir */
+    char *low[] = {"gw", "--uid-base", "500", NULL};
+    assert_int_equal(gw_config_load(&c, 3, low, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "uid-base"));
+    char *high[] = {"gw", "--uid-base", "2147480000", "--uid-count", "4096", NULL};
+    assert_int_equal(gw_config_load(&c, 5, high, no_env, err, sizeof err), -EINVAL);
+    char *ok[] = {"gw", "--uid-base", "1000", NULL};
+    assert_int_equal(gw_config_load(&c, 3, ok, no_env, err, sizeof err), 0);
+    assert_int_equal(c.uid_base, 1000);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_env_then_argv),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_uid_base),         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_env_then_argv),    cmocka_unit_test(test_errors),
         cmocka_unit_test(test_worker_transport),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
