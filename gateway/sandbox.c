@@ -105,7 +105,7 @@ int gw_sandbox_init(gw_t *gw) {
         log_error("sandbox",
                   other.count ? "worker uids overlap those of another running gateway"
                               : "no free range of worker uids",
-                  "{s:I,s:I,s:I,s:I,s:i}", "uid_base", (json_int_t)c->uid_base, "uid_count",
+                  "{s:I,s:I,s:I,s:I,s:i}", "uid_base", (json_int_t)base, "uid_count",
                   (json_int_t)c->uid_count, "other_uid_base", (json_int_t)other.base,
                   "other_uid_count", (json_int_t)other.count, "other_pid", (int)other.pid);
         return r;

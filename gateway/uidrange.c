@@ -137,6 +137,7 @@ int gw_uid_claim(const char *dir, const char *keep_path, uint32_t base, uint32_t
         if ((base = gw_uid_pick(live, n, count, GW_UID_AUTO_LO)) == 0)
             return -EBUSY; /* conflict->count 0: no free range left */
     }
+    *ret_base = base; /* also on a refusal: the range that was asked for */
     int i = gw_uid_overlap(live, n, base, count);
     if (i >= 0) {
         *conflict = live[i];
@@ -160,7 +161,6 @@ int gw_uid_claim(const char *dir, const char *keep_path, uint32_t base, uint32_t
             return r;
         }
     }
-    *ret_base = base;
     *ret_fd = TAKE_FD(fd);
     return 0;
 }

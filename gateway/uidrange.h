@@ -32,7 +32,7 @@ int gw_uid_overlap(const gw_uid_range_t *live, size_t n, uint32_t base, uint32_t
 /* Claims a range of `count` uids in the registry `dir` (made 0700 if missing). `base` 0: the
  * base kept in `keep_path`, or on a first start the lowest free one (then written there).
  * 0 with *ret_base and *ret_fd (the claim lasts while that fd is open); -EBUSY with
- * *conflict when a running gateway holds an overlapping range (or no free range is left:
- * conflict->count 0); -errno otherwise. */
+ * *conflict (and *ret_base, the range refused) when a running gateway holds an overlapping
+ * range, or with conflict->count 0 when no free range is left; -errno otherwise. */
 int gw_uid_claim(const char *dir, const char *keep_path, uint32_t base, uint32_t count,
                  uint32_t *ret_base, int *ret_fd, gw_uid_range_t *conflict);
