@@ -127,6 +127,7 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
     gw->cfg = *cfg;
     gw->lock_fd = -1;
     gw->uid_lock_fd = -1;
+    gw->link_lock_fds[0] = gw->link_lock_fds[1] = -1;
     TAILQ_INIT(&gw->workers);
     TAILQ_INIT(&gw->idle);
     TAILQ_INIT(&gw->sessions);
@@ -284,6 +285,8 @@ void gw_destroy(gw_t **gw_p) {
     if (gw->run_root[0])
         rmdir(gw->run_root);
     closep(&gw->uid_lock_fd);
+    closep(&gw->link_lock_fds[0]);
+    closep(&gw->link_lock_fds[1]);
     closep(&gw->lock_fd); /* last: everything above was still ours to clean */
     free(gw);
 }

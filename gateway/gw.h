@@ -294,7 +294,8 @@ struct gw {
     char token[128];
     char run_root[PATH_MAX];
     int lock_fd;     /* <state_dir>/gateway.lock, flock'd while we run: one gateway per state dir */
-    int uid_lock_fd; /* our claim in the host's uid-range registry (uidrange.h), or -1 */
+    int uid_lock_fd; /* our claim in the host's uid-range registry (hostclaims.h), or -1 */
+    int link_lock_fds[2]; /* TCP mode: our claims of IPv4 and IPv6 link addresses, or -1 */
     TAILQ_HEAD(, gw_worker) workers;
     TAILQ_HEAD(, gw_worker) idle;
     TAILQ_HEAD(, gw_session) sessions;

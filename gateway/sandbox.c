@@ -13,8 +13,9 @@
 #include "diskmgr.h"
 #include "firewall.h"
 #include "launcher_runc.h"
-#include "uidrange.h"
+#include "hostclaims.h"
 
+#include <arpa/inet.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -89,6 +90,35 @@ static bool is_mountpoint(const char *path) {
     return a.st_dev != b.st_dev;
 }
 
+/* TCP mode: the link addresses of our uid_count workers, claimed host-wide inside the
+ * configured blocks (a second gateway with the same blocks takes the next free span). */
+static int claim_links(gw_t *gw) {
+    char keep[PATH_MAX];
+    int r = xsnprintf(keep, sizeof keep, "%s/worker-links", gw->cfg.state_dir);
+    if (r < 0)
+        return r;
+    gw_claim_t other;
+    r = gw_link_claim(GW_LINK_REGISTRY, keep, &gw->fw.pool, gw->cfg.uid_count, gw->link_lock_fds,
+                      &other);
+    char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+    if (r == -EBUSY) {
+        log_error("sandbox", "no free worker link addresses: another running gateway holds them",
+                  "{s:s,s:s,s:I,s:s,s:s,s:i}", "worker_net4", gw->cfg.worker_net4, "worker_net6",
+                  gw->cfg.worker_net6, "links", (json_int_t)gw->cfg.uid_count, "other_first",
+                  gw_claim_addr_str(other.first, a, sizeof a), "other_last",
+                  gw_claim_addr_str(other.last, b, sizeof b), "other_pid", (int)other.pid);
+        return r;
+    }
+    if (r < 0)
+        return r;
+    struct in_addr v4 = gw->fw.pool.base4;
+    log_info("sandbox", "worker links", "{s:s,s:s,s:I}", "first4",
+             inet_ntop(AF_INET, &v4, a, sizeof a) ? a : "?", "first6",
+             gw->fw.pool.has_v6 && inet_ntop(AF_INET6, &gw->fw.pool.base6, b, sizeof b) ? b : "",
+             "links", (json_int_t)gw->cfg.uid_count);
+    return 0;
+}
+
 int gw_sandbox_init(gw_t *gw) {
     const gw_config_t *c = &gw->cfg;
     int r;
@@ -98,16 +128,17 @@ int gw_sandbox_init(gw_t *gw) {
     if ((r = xsnprintf(keep, sizeof keep, "%s/uid-base", c->state_dir)) < 0)
         return r;
     uint32_t base = 0;
-    gw_uid_range_t other;
+    gw_claim_t other;
     r = gw_uid_claim(GW_UID_REGISTRY, keep, c->uid_base, c->uid_count, &base, &gw->uid_lock_fd,
                      &other);
     if (r == -EBUSY) {
         log_error("sandbox",
-                  other.count ? "worker uids overlap those of another running gateway"
-                              : "no free range of worker uids",
+                  other.last ? "worker uids overlap those of another running gateway"
+                             : "no free range of worker uids",
                   "{s:I,s:I,s:I,s:I,s:i}", "uid_base", (json_int_t)base, "uid_count",
-                  (json_int_t)c->uid_count, "other_uid_base", (json_int_t)other.base,
-                  "other_uid_count", (json_int_t)other.count, "other_pid", (int)other.pid);
+                  (json_int_t)c->uid_count, "other_uid_base", (json_int_t)other.first,
+                  "other_uid_count", (json_int_t)(other.last - other.first + 1), "other_pid",
+                  (int)other.pid);
         return r;
     }
     if (r < 0)
@@ -119,6 +150,16 @@ int gw_sandbox_init(gw_t *gw) {
     gw->uid_used = calloc((gw->uid_count + 63) / 64, sizeof *gw->uid_used);
     if (!gw->uid_used)
         return -ENOMEM;
+
+    /* Network namespaces; in TCP mode our links' addresses, claimed host-wide like the uids. */
+    fw_config_init(&gw->fw);
+    if (streq(c->worker_transport, "tcp")) {
+        gw->fw.mode = FW_MODE_TCP;
+        if ((r = gw_config_worker_pool(c, &gw->fw.pool)) < 0)
+            return r; /* validated with the options already */
+        if ((r = claim_links(gw)) < 0)
+            return r;
+    }
 
     /* Run dirs live on a tmpfs of their own: a bind of one shows "/w..." in the worker's
      * mountinfo, never the gateway's state path. */
@@ -156,14 +197,6 @@ int gw_sandbox_init(gw_t *gw) {
     dc.reserve_mb = c->disk_reserve_mb;
     if ((r = disk_mgr_new(&dc, &gw->disks)) < 0)
         return r;
-
-    /* Network namespaces. */
-    fw_config_init(&gw->fw);
-    if (streq(c->worker_transport, "tcp")) {
-        gw->fw.mode = FW_MODE_TCP;
-        if ((r = gw_config_worker_pool(c, &gw->fw.pool)) < 0)
-            return r; /* validated with the options already */
-    }
 
     /* The launcher. */
     char runc_root[PATH_MAX], bundles[PATH_MAX], seccomp[PATH_MAX];

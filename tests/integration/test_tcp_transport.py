@@ -239,3 +239,50 @@ def test_kill9_reattach_and_sigterm_leave_nothing(make_gateway):
             assert a not in block4 and a not in block6, line
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+LINK_PROBE = """
+import socket, fcntl, struct, ipaddress
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+w4 = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack('256s', b'eth0'))[20:24])
+w6 = [str(ipaddress.IPv6Address(bytes.fromhex(l.split()[0]))) for l in open('/proc/net/if_inet6')
+      if l.split()[5] == 'eth0' and l.split()[3] == '00'][0]
+out = {'w4': w4, 'w6': w6}
+"""
+
+
+def test_gateways_given_one_block_share_no_address(make_gateway):
+    """Two gateways on one host given the same blocks: the second takes the next free span of
+    each (links are claimed host-wide), so both reach their kernels and no address is on two
+    links; a third that needs the whole block finds part of it held and refuses to start,
+    naming the gateway in its way."""
+    net4, net6 = pick_blocks()
+    blk4, blk6 = ipaddress.ip_network(net4), ipaddress.ip_network(net6)
+
+    def args(links):
+        return ["--min-idle-workers", "1", "--worker-transport", "tcp", "--worker-net4", net4,
+                "--worker-net6", net6, "--uid-count", str(links)]
+
+    a = make_gateway(args(32)).start()
+    b = make_gateway(args(32)).start()
+    halves4 = list(blk4.subnets(new_prefix=25))  # 32 links: 128 addresses of the /24
+    halves6 = list(blk6.subnets(new_prefix=121))
+    for g, i in ((a, 0), (b, 1)):
+        u = uid()
+        out = run_json(g, LINK_PROBE, u)
+        w4, w6 = ipaddress.ip_address(out["w4"]), ipaddress.ip_address(out["w6"])
+        assert w4 in halves4[i] and w6 in halves6[i], (i, out)
+        r = g.execute(u, "x = 6 * 7\nx")
+        assert r.status_code == 200 and r.json()["result_text"].strip() == "42", r.text
+        assert try_connect(str(w4), KPORT) == "connected"
+        g.release(u)
+
+    c = make_gateway(args(64))
+    c.log = open(c.log_path, "wb")
+    c.proc = subprocess.Popen(c.args, env=c.env, stdout=c.log, stderr=subprocess.STDOUT)
+    assert c.proc.wait(timeout=30) != 0, c.read_log()
+    log = c.read_log()
+    assert "no free worker link addresses: another running gateway holds them" in log, log
+    assert f'"other_pid":{a.proc.pid}' in log, log
+    assert f'"other_first":"{blk4[0]}"' in log, log
+    assert a.stop() == 0 and b.stop() == 0
