@@ -85,6 +85,16 @@ typedef struct {
     uint16_t port_min, port_max; /* TCP mode */
 } fw_config_t;
 
+/* A route of the host: destination, how it is reached, through which link. */
+typedef struct {
+    int family;              /* AF_INET or AF_INET6 */
+    uint8_t dst[16];         /* network order; IPv4 in the first 4 bytes */
+    uint8_t dst_len;         /* 0: a default route */
+    bool via_gateway;        /* a next hop is a router (RTA_GATEWAY/RTA_VIA), not a link of ours */
+    int oif;                 /* the (first) output link's index, 0 when none */
+    char dev[FW_IFNAME_MAX]; /* its name, "" when none */
+} fw_route_t;
+
 typedef struct fw_netns fw_netns_t;
 
 /* ---- pure part (no privileges, no I/O; unit-tested) ---- */
@@ -163,6 +173,12 @@ void fw_netns_destroy(fw_netns_t **ns_p);
 /* Remove by worker id what a lost handle would have removed (host veth, pin). Missing pieces
  * are not an error. Returns 0 or the first -errno. */
 int fw_netns_delete(const fw_config_t *cfg, const char *worker_id);
+
+/* Every route of the calling thread's network namespace, every table, IPv4 and IPv6 (at most
+ * FW_ROUTES_MAX): a malloc'd array in *ret (NULL when there are none), *ret_n of them. Local,
+ * broadcast and unreachable routes included: each takes the addresses it names. */
+#define FW_ROUTES_MAX 65536
+int fw_host_routes(fw_route_t **ret, size_t *ret_n);
 
 /* Crash sweep for the gateway's start: remove every pinned kbox namespace and every host veth
  * of ours (in the calling thread's namespace) whose worker id starts with id_prefix ("w" for

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <net/if.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -515,4 +516,46 @@ int fw_sweep(const fw_config_t *cfg, const char *id_prefix, const char *const *k
     if (first == 0 && ret_removed)
         *ret_removed = removed;
     return first;
+}
+
+int fw_host_routes(fw_route_t **ret, size_t *ret_n) {
+    if (!ret || !ret_n)
+        return -EINVAL;
+    _cleanup_rtnl_ fw_rtnl_t nl = {.fd = -1};
+    int r = fw_rtnl_open(&nl);
+    if (r < 0)
+        return r;
+    _cleanup_free_ fw_route_t *all = NULL;
+    size_t n = 0;
+    static const int fams[] = {AF_INET, AF_INET6};
+    for (size_t f = 0; f < 2; f++) {
+        _cleanup_free_ fw_route_t *some = NULL;
+        size_t k = 0;
+        /* A dump the kernel interrupts (routes changed meanwhile) is asked again. */
+        for (int attempt = 0; attempt < 3; attempt++) {
+            free(some);
+            some = NULL;
+            r = fw_rtnl_route_list(&nl, fams[f], FW_ROUTES_MAX - n, &some, &k);
+            if (r != -EAGAIN)
+                break;
+        }
+        if (r == -EAFNOSUPPORT && fams[f] == AF_INET6)
+            continue; /* a kernel without IPv6 */
+        if (r < 0)
+            return r;
+        if (k == 0)
+            continue;
+        fw_route_t *grown = realloc(all, (n + k) * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        all = grown;
+        memcpy(all + n, some, k * sizeof *some);
+        n += k;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (all[i].oif <= 0 || !if_indextoname((unsigned)all[i].oif, all[i].dev))
+            all[i].dev[0] = '\0';
+    *ret = TAKE_PTR(all);
+    *ret_n = n;
+    return 0;
 }

@@ -311,3 +311,75 @@ int fw_rtnl_veth_list(fw_rtnl_t *nl, const char *prefix, size_t max_links, char 
     *ret_count = l.count;
     return 0;
 }
+
+typedef struct {
+    size_t max, n, cap;
+    fw_route_t *v;
+} route_list_t;
+
+static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
+    route_list_t *l = ctx;
+    if (h->nlmsg_type != RTM_NEWROUTE || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct rtmsg)))
+        return 0;
+    const struct rtmsg *rt = NLMSG_DATA(h);
+    size_t alen = RTM_PAYLOAD(h);
+    fw_route_t e = {.family = rt->rtm_family, .dst_len = rt->rtm_dst_len};
+    size_t addr_len = rt->rtm_family == AF_INET ? 4 : rt->rtm_family == AF_INET6 ? 16 : 0;
+    if (!addr_len || rt->rtm_dst_len > addr_len * 8)
+        return 0;
+    const struct rtattr *dst = attr_find(RTM_RTA(rt), alen, RTA_DST);
+    if (dst && RTA_PAYLOAD(dst) == addr_len)
+        memcpy(e.dst, RTA_DATA(dst), addr_len);
+    else if (rt->rtm_dst_len != 0)
+        return 0;
+    e.via_gateway =
+        attr_find(RTM_RTA(rt), alen, RTA_GATEWAY) || attr_find(RTM_RTA(rt), alen, RTA_VIA);
+    const struct rtattr *oif = attr_find(RTM_RTA(rt), alen, RTA_OIF);
+    if (oif && RTA_PAYLOAD(oif) == sizeof(int))
+        memcpy(&e.oif, RTA_DATA(oif), sizeof(int));
+    /* A multipath route: its next hops, each with its own attributes. */
+    const struct rtattr *mp = attr_find(RTM_RTA(rt), alen, RTA_MULTIPATH);
+    size_t left = mp ? RTA_PAYLOAD(mp) : 0;
+    const struct rtnexthop *nh = mp ? RTA_DATA(mp) : NULL;
+    while (nh && left >= sizeof *nh && nh->rtnh_len >= sizeof *nh && nh->rtnh_len <= left) {
+        size_t nlen = nh->rtnh_len - sizeof *nh;
+        if (attr_find(RTNH_DATA(nh), nlen, RTA_GATEWAY) || attr_find(RTNH_DATA(nh), nlen, RTA_VIA))
+            e.via_gateway = true;
+        if (!e.oif)
+            e.oif = nh->rtnh_ifindex;
+        size_t step = RTNH_ALIGN(nh->rtnh_len);
+        if (step >= left)
+            break;
+        left -= step;
+        nh = RTNH_NEXT(nh);
+    }
+    if (l->n >= l->max)
+        return -E2BIG;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 32;
+        fw_route_t *grown = realloc(l->v, cap * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        l->v = grown;
+        l->cap = cap;
+    }
+    l->v[l->n++] = e;
+    return 0;
+}
+
+int fw_rtnl_route_list(fw_rtnl_t *nl, int family, size_t max, fw_route_t **ret, size_t *ret_n) {
+    if (!ret || !ret_n || (family != AF_INET && family != AF_INET6))
+        return -EINVAL;
+    req_t r;
+    struct rtmsg rt = {.rtm_family = (unsigned char)family};
+    req_init(&r, RTM_GETROUTE, NLM_F_DUMP, &rt, sizeof rt);
+    route_list_t l = {.max = max};
+    int rr = talk(nl, &r, route_list_cb, &l);
+    if (rr < 0) {
+        free(l.v);
+        return rr;
+    }
+    *ret = l.v;
+    *ret_n = l.n;
+    return 0;
+}

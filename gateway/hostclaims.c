@@ -79,6 +79,47 @@ int gw_link_spans(const fw_pool_t *pool, uint32_t slots, gw_claim_t *v4, gw_clai
     return 0;
 }
 
+/* [first, last] of a prefix of the 128-bit space. */
+static void prefix_span(gw_u128 base, unsigned bits_host, gw_u128 *first, gw_u128 *last) {
+    gw_u128 size_m1 = bits_host >= 128 ? ~(gw_u128)0 : ((gw_u128)1 << bits_host) - 1;
+    *first = base & ~size_m1;
+    *last = *first | size_m1;
+}
+
+size_t gw_routes_taken(const fw_route_t *routes, size_t n, const fw_pool_t *pool,
+                       const char *own_dev_prefix, gw_claim_t *ret) {
+    size_t k = 0;
+    for (size_t i = 0; routes && pool && i < n; i++) {
+        const fw_route_t *rt = &routes[i];
+        if (rt->dst_len == 0 || (own_dev_prefix && startswith(rt->dev, own_dev_prefix)))
+            continue;
+        gw_u128 first, last, blk_first, blk_last;
+        unsigned blk_len;
+        if (rt->family == AF_INET && rt->dst_len <= 32) {
+            uint32_t a;
+            memcpy(&a, rt->dst, 4);
+            prefix_span(V4_MAPPED(ntohl(a)), 32u - rt->dst_len, &first, &last);
+            prefix_span(V4_MAPPED(ntohl(pool->base4.s_addr)), 32u - pool->prefix4, &blk_first,
+                        &blk_last);
+            blk_len = pool->prefix4;
+        } else if (rt->family == AF_INET6 && rt->dst_len <= 128 && pool->has_v6) {
+            struct in6_addr a;
+            memcpy(&a, rt->dst, 16);
+            prefix_span(in6_to_u128(&a), 128u - rt->dst_len, &first, &last);
+            prefix_span(in6_to_u128(&pool->base6), 128u - pool->prefix6, &blk_first, &blk_last);
+            blk_len = pool->prefix6;
+        } else {
+            continue;
+        }
+        if (first > blk_last || last < blk_first || (rt->via_gateway && rt->dst_len <= blk_len))
+            continue;
+        ret[k] = (gw_claim_t){.first = first, .last = last};
+        snprintf(ret[k].dev, sizeof ret[k].dev, "%s", rt->dev);
+        k++;
+    }
+    return k;
+}
+
 const char *gw_claim_addr_str(gw_u128 a, char *buf, size_t len) {
     if (a >> 32 == 0xffff) {
         struct in_addr v4 = {.s_addr = htonl((uint32_t)a)};
@@ -323,8 +364,22 @@ static int pick_link_span(const registry_t *reg, gw_u128 blk_lo, gw_u128 blk_hi,
     return -EBUSY;
 }
 
+/* The host's routes join the running gateways' claims, in address order. */
+static int registry_add(registry_t *reg, const gw_claim_t *more, size_t n) {
+    if (n == 0)
+        return 0;
+    gw_claim_t *grown = realloc(reg->live, (reg->n + n) * sizeof *grown);
+    if (!grown)
+        return -ENOMEM;
+    memcpy(grown + reg->n, more, n * sizeof *more);
+    reg->live = grown;
+    reg->n += n;
+    qsort(reg->live, reg->n, sizeof *reg->live, claim_cmp);
+    return 0;
+}
+
 int gw_link_claim(const char *dir, const char *keep_path, fw_pool_t *pool, uint32_t slots,
-                  int ret_fds[2], gw_claim_t *conflict) {
+                  const gw_claim_t *taken, size_t n_taken, int ret_fds[2], gw_claim_t *conflict) {
     *conflict = (gw_claim_t){0};
     gw_claim_t s4, s6;
     int r = gw_link_spans(pool, slots, &s4, &s6);
@@ -332,14 +387,19 @@ int gw_link_claim(const char *dir, const char *keep_path, fw_pool_t *pool, uint3
         return r;
     gw_u128 len = s4.last - s4.first + 1;
     gw_u128 blk4_hi = s4.first + ((gw_u128)1 << (32 - pool->prefix4)) - 1;
-    gw_u128 blk6_hi = pool->has_v6 && pool->prefix6 == 0
-                          ? U128_MAX
-                          : s6.first + ((gw_u128)1 << (128 - pool->prefix6)) - 1;
+    gw_u128 blk6_hi = 0;
+    if (pool->has_v6)
+        blk6_hi =
+            pool->prefix6 == 0 ? U128_MAX : s6.first + ((gw_u128)1 << (128 - pool->prefix6)) - 1;
     gw_u128 kept[2] = {0, 0};
     bool has_kept = read_kept_links(keep_path, kept);
     registry_t reg;
     if ((r = registry_open(dir, &reg)) < 0)
         return r;
+    if ((r = registry_add(&reg, taken, n_taken)) < 0) {
+        registry_close(&reg);
+        return r;
+    }
     gw_u128 at4 = 0, at6 = 0;
     int fd4 = -1, fd6 = -1;
     r = pick_link_span(&reg, s4.first, blk4_hi, len, has_kept, kept[0], &at4, conflict);

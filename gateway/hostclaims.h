@@ -31,8 +31,9 @@
 typedef unsigned __int128 gw_u128;
 
 typedef struct {
-    gw_u128 first, last; /* inclusive */
-    pid_t pid;           /* the running gateway that holds it (0: unknown) */
+    gw_u128 first, last;     /* inclusive */
+    pid_t pid;               /* the running gateway that holds it (0: none, or unknown) */
+    char dev[FW_IFNAME_MAX]; /* a host route's: its link ("" for a gateway's claim) */
 } gw_claim_t;
 
 /* ---- pure ---- */
@@ -48,6 +49,14 @@ bool gw_claim_pick(const gw_claim_t *live, size_t n, gw_u128 lo, gw_u128 hi, gw_
  * slot): *v4 in the mapped form, *v6 when pool->has_v6. -ERANGE when a block is too small. */
 int gw_link_spans(const fw_pool_t *pool, uint32_t slots, gw_claim_t *v4, gw_claim_t *v6);
 
+/* The spans of pool's blocks that the host's routes already take, into ret (room for n): every
+ * route that overlaps a block except a default route, one on our own veths (dev starting with
+ * own_dev_prefix) and one through a router that is not narrower than the block (a VPN's
+ * 10.0.0.0/8: our /30s, more specific, only shadow part of what lies behind it). A local or
+ * on-link network is addresses in use on this host. Returns how many. */
+size_t gw_routes_taken(const fw_route_t *routes, size_t n, const fw_pool_t *pool,
+                       const char *own_dev_prefix, gw_claim_t *ret);
+
 /* ---- the registries ---- */
 
 /* Claims a range of `count` uids in the registry `dir` (made 0700 if missing). `base` 0: the
@@ -61,12 +70,13 @@ int gw_uid_claim(const char *dir, const char *keep_path, uint32_t base, uint32_t
 /* Claims the addresses of `slots` worker links in pool's blocks in the registry `dir`: in each
  * block the span kept in `keep_path` if it is inside the block and free, otherwise the lowest
  * free one (aligned to its size); what was claimed is kept. pool->base4/base6 move to the
- * starts of the spans claimed, so slot i's link is where fw_pool_addrs() puts it. 0 with
- * ret_fds[0] (IPv4) and ret_fds[1] (IPv6, or -1); -EBUSY with *conflict (the running gateway's
- * span that is in the way of the block's first) when a block has no free span left; -errno
- * otherwise. */
+ * starts of the spans claimed, so slot i's link is where fw_pool_addrs() puts it. Spans in
+ * taken[0..n_taken) (the host's routes) are avoided like claims. 0 with
+ * ret_fds[0] (IPv4) and ret_fds[1] (IPv6, or -1); -EBUSY with *conflict (the lowest running
+ * gateway's span or route in the way of the block's first) when a block has no free span
+ * left; -errno otherwise. */
 int gw_link_claim(const char *dir, const char *keep_path, fw_pool_t *pool, uint32_t slots,
-                  int ret_fds[2], gw_claim_t *conflict);
+                  const gw_claim_t *taken, size_t n_taken, int ret_fds[2], gw_claim_t *conflict);
 
 /* "a.b.c.d" for a mapped IPv4 address, IPv6 text otherwise; buf of INET6_ADDRSTRLEN. */
 const char *gw_claim_addr_str(gw_u128 a, char *buf, size_t len);

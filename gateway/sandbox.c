@@ -91,31 +91,46 @@ static bool is_mountpoint(const char *path) {
 }
 
 /* TCP mode: the link addresses of our uid_count workers, claimed host-wide inside the
- * configured blocks (a second gateway with the same blocks takes the next free span). */
+ * configured blocks: a second gateway given the same blocks takes the next free span, and
+ * addresses the host's own networks use (a LAN on the same block, a crashed gateway's veths)
+ * are avoided; a gateway that finds no room refuses to start, naming what is in its way. */
 static int claim_links(gw_t *gw) {
-    char keep[PATH_MAX];
+    char keep[PATH_MAX], own[FW_IFNAME_MAX];
     int r = xsnprintf(keep, sizeof keep, "%s/worker-links", gw->cfg.state_dir);
-    if (r < 0)
+    if (r < 0 || (r = xsnprintf(own, sizeof own, "%s%s", FW_HOST_IF_PREFIX, gw->id_prefix + 1)) < 0)
         return r;
+    _cleanup_free_ fw_route_t *routes = NULL;
+    size_t n = 0;
+    if ((r = fw_host_routes(&routes, &n)) < 0) {
+        log_error("sandbox", "cannot read the host's routes", "{s:s}", "error", strerror(-r));
+        return r;
+    }
+    _cleanup_free_ gw_claim_t *taken = calloc(n ? n : 1, sizeof *taken);
+    if (!taken)
+        return -ENOMEM;
+    size_t n_taken = gw_routes_taken(routes, n, &gw->fw.pool, own, taken);
     gw_claim_t other;
-    r = gw_link_claim(GW_LINK_REGISTRY, keep, &gw->fw.pool, gw->cfg.uid_count, gw->link_lock_fds,
-                      &other);
+    r = gw_link_claim(GW_LINK_REGISTRY, keep, &gw->fw.pool, gw->cfg.uid_count, taken, n_taken,
+                      gw->link_lock_fds, &other);
     char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
     if (r == -EBUSY) {
-        log_error("sandbox", "no free worker link addresses: another running gateway holds them",
-                  "{s:s,s:s,s:I,s:s,s:s,s:i}", "worker_net4", gw->cfg.worker_net4, "worker_net6",
-                  gw->cfg.worker_net6, "links", (json_int_t)gw->cfg.uid_count, "other_first",
-                  gw_claim_addr_str(other.first, a, sizeof a), "other_last",
-                  gw_claim_addr_str(other.last, b, sizeof b), "other_pid", (int)other.pid);
+        log_error("sandbox",
+                  other.pid ? "no free worker link addresses: another running gateway holds them"
+                            : "no free worker link addresses: the host's own routes take them",
+                  "{s:s,s:s,s:I,s:s,s:s,s:i,s:s}", "worker_net4", gw->cfg.worker_net4,
+                  "worker_net6", gw->cfg.worker_net6, "links", (json_int_t)gw->cfg.uid_count,
+                  "other_first", gw_claim_addr_str(other.first, a, sizeof a), "other_last",
+                  gw_claim_addr_str(other.last, b, sizeof b), "other_pid", (int)other.pid,
+                  "other_dev", other.dev);
         return r;
     }
     if (r < 0)
         return r;
     struct in_addr v4 = gw->fw.pool.base4;
-    log_info("sandbox", "worker links", "{s:s,s:s,s:I}", "first4",
+    log_info("sandbox", "worker links", "{s:s,s:s,s:I,s:I}", "first4",
              inet_ntop(AF_INET, &v4, a, sizeof a) ? a : "?", "first6",
              gw->fw.pool.has_v6 && inet_ntop(AF_INET6, &gw->fw.pool.base6, b, sizeof b) ? b : "",
-             "links", (json_int_t)gw->cfg.uid_count);
+             "links", (json_int_t)gw->cfg.uid_count, "routes_avoided", (json_int_t)n_taken);
     return 0;
 }
 

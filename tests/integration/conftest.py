@@ -77,6 +77,13 @@ class Gateway:
                 pass
             raise
 
+    def run_refused(self, timeout=30):
+        """Start a gateway that must refuse to start: it exits non-zero; returns its log."""
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        assert self.proc.wait(timeout=timeout) != 0, self.read_log()
+        return self.read_log()
+
     def _wait_started(self, wait_healthy, timeout):
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -164,13 +164,10 @@ def test_gateways_on_one_host_never_share_uids(make_gateway):
             assert base <= uids[g][1] < base + 64, uids[g]
         assert abs(uids[a][0] - uids[b][0]) >= 64, uids
 
-        c = make_gateway(["--min-idle-workers", "0", "--uid-base", str(uids[a][0] + 63),
-                          "--uid-count", "1"])
-        c.log = open(c.log_path, "wb")
-        c.proc = subprocess.Popen(c.args, env=c.env, stdout=c.log, stderr=subprocess.STDOUT)
-        assert c.proc.wait(timeout=30) != 0, c.read_log()
-        assert "worker uids overlap those of another running gateway" in c.read_log()
-        assert f'"other_pid":{a.proc.pid}' in c.read_log(), c.read_log()
+        log = make_gateway(["--min-idle-workers", "0", "--uid-base", str(uids[a][0] + 63),
+                            "--uid-count", "1"]).run_refused()
+        assert "worker uids overlap those of another running gateway" in log, log
+        assert f'"other_pid":{a.proc.pid}' in log, log
 
         assert a.stop() == 0 and b.stop() == 0
         b2 = make_gateway(["--min-idle-workers", "0", "--uid-count", "64"],

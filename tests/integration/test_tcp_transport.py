@@ -277,12 +277,42 @@ def test_gateways_given_one_block_share_no_address(make_gateway):
         assert try_connect(str(w4), KPORT) == "connected"
         g.release(u)
 
-    c = make_gateway(args(64))
-    c.log = open(c.log_path, "wb")
-    c.proc = subprocess.Popen(c.args, env=c.env, stdout=c.log, stderr=subprocess.STDOUT)
-    assert c.proc.wait(timeout=30) != 0, c.read_log()
-    log = c.read_log()
+    log = make_gateway(args(64)).run_refused()
     assert "no free worker link addresses: another running gateway holds them" in log, log
     assert f'"other_pid":{a.proc.pid}' in log, log
     assert f'"other_first":"{blk4[0]}"' in log, log
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_links_avoid_the_hosts_own_networks(make_gateway):
+    """Addresses the host already uses inside the blocks (here a link's network on the
+    first half of the /24) are left alone: the gateway takes the free half. A network over the
+    whole block leaves no room, and the gateway refuses to start, naming the link."""
+    net4, net6 = pick_blocks()
+    blk4, blk6 = ipaddress.ip_network(net4), ipaddress.ip_network(net6)
+    lower, upper = blk4.subnets(new_prefix=25)
+    # A veth pair with one end up stands for the host's network (no dummy module here); its
+    # peer stays down, so nothing can flow.
+    dev = f"kbt{random.randrange(16**6):06x}"
+    subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"],
+                   check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{lower[1]}/{lower.prefixlen}", "dev", dev], check=True)
+        subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        args = ["--min-idle-workers", "1", "--worker-transport", "tcp", "--worker-net4", net4,
+                "--worker-net6", net6, "--uid-count", "32"]
+        g = make_gateway(args).start()
+        u = uid()
+        out = run_json(g, LINK_PROBE, u)
+        assert ipaddress.ip_address(out["w4"]) in upper, out
+        r = g.execute(u, "x = 6 * 7\nx")
+        assert r.status_code == 200 and r.json()["result_text"].strip() == "42", r.text
+        assert g.stop() == 0
+
+        subprocess.run(["ip", "addr", "add", f"{blk4[1]}/{blk4.prefixlen - 1}", "dev", dev],
+                       check=True)
+        log = make_gateway(args).run_refused()
+        assert "no free worker link addresses: the host's own routes take them" in log, log
+        assert f'"other_dev":"{dev}"' in log, log
+    finally:
+        subprocess.run(["ip", "link", "del", dev], check=False)
