@@ -22,11 +22,14 @@
 static inline void freep(void *p) {
     free(*(void **)p);
 }
+/* Closes *fd if open and marks it closed: usable by hand on a struct's fd as well as for
+ * _cleanup_close_. errno is kept for the caller's error path. */
 static inline void closep(int *fd) {
     if (*fd >= 0) {
         int saved = errno;
         close(*fd);
         errno = saved;
+        *fd = -1;
     }
 }
 static inline void fclosep(FILE **f) {

@@ -115,8 +115,9 @@ int fw_rules_render(const fw_rules_params_t *p, fw_family_t family, char *buf, s
  * match, -EBADMSG if not, -EINVAL for bad arguments. */
 int fw_rules_compare(const char *expected, const char *saved, fw_verify_t level);
 
-/* Parse "a.b.c.d/len" (len <= 30) and optionally "v6prefix/len" (len <= 126, NULL for none);
- * host bits must be zero. Returns 0 or -EINVAL; ret written only on success. */
+/* Parse "a.b.c.d/len" (len <= 30) and optionally "v6prefix/len" (len <= 126, outside the
+ * IPv4-mapped ::ffff:0:0/96; NULL for none); host bits must be zero. Returns 0 or -EINVAL; ret
+ * written only on success. */
 int fw_pool_parse(const char *cidr4, const char *cidr6, fw_pool_t *ret);
 
 /* How many workers the pool can address (the smaller of the two blocks); 0 if invalid. */
@@ -174,11 +175,15 @@ void fw_netns_destroy(fw_netns_t **ns_p);
  * are not an error. Returns 0 or the first -errno. */
 int fw_netns_delete(const fw_config_t *cfg, const char *worker_id);
 
-/* Every route of the calling thread's network namespace, every table, IPv4 and IPv6 (at most
- * FW_ROUTES_MAX): a malloc'd array in *ret (NULL when there are none), *ret_n of them. Local,
- * broadcast and unreachable routes included: each takes the addresses it names. */
+/* Decides whether a route is kept (before its dev is filled in). */
+typedef bool (*fw_route_filter_t)(const fw_route_t *route, void *ctx);
+
+/* The routes of the calling thread's network namespace, every table, IPv4 and IPv6, that keep
+ * (NULL: all) keeps, at most FW_ROUTES_MAX: a malloc'd array in *ret (NULL when there are
+ * none), *ret_n of them. Local, broadcast and unreachable routes included: each takes the
+ * addresses it names. A dump the kernel keeps interrupting (routes changing) is -EAGAIN. */
 #define FW_ROUTES_MAX 65536
-int fw_host_routes(fw_route_t **ret, size_t *ret_n);
+int fw_host_routes(fw_route_filter_t keep, void *ctx, fw_route_t **ret, size_t *ret_n);
 
 /* Crash sweep for the gateway's start: remove every pinned kbox namespace and every host veth
  * of ours (in the calling thread's namespace) whose worker id starts with id_prefix ("w" for

@@ -518,7 +518,7 @@ int fw_sweep(const fw_config_t *cfg, const char *id_prefix, const char *const *k
     return first;
 }
 
-int fw_host_routes(fw_route_t **ret, size_t *ret_n) {
+int fw_host_routes(fw_route_filter_t keep, void *ctx, fw_route_t **ret, size_t *ret_n) {
     if (!ret || !ret_n)
         return -EINVAL;
     _cleanup_rtnl_ fw_rtnl_t nl = {.fd = -1};
@@ -532,10 +532,10 @@ int fw_host_routes(fw_route_t **ret, size_t *ret_n) {
         _cleanup_free_ fw_route_t *some = NULL;
         size_t k = 0;
         /* A dump the kernel interrupts (routes changed meanwhile) is asked again. */
-        for (int attempt = 0; attempt < 3; attempt++) {
+        for (int attempt = 0; attempt < 5; attempt++) {
             free(some);
             some = NULL;
-            r = fw_rtnl_route_list(&nl, fams[f], FW_ROUTES_MAX - n, &some, &k);
+            r = fw_rtnl_route_list(&nl, fams[f], keep, ctx, FW_ROUTES_MAX - n, &some, &k);
             if (r != -EAGAIN)
                 break;
         }

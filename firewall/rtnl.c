@@ -111,8 +111,15 @@ static int talk(fw_rtnl_t *nl, req_t *r, reply_cb_t cb, void *ctx) {
                 continue;
             if (h->nlmsg_flags & NLM_F_DUMP_INTR)
                 interrupted = true;
-            if (h->nlmsg_type == NLMSG_DONE)
+            if (h->nlmsg_type == NLMSG_DONE) {
+                /* A dump that failed part-way says so in DONE's payload: what came is not all. */
+                int done_err = 0;
+                if (h->nlmsg_len >= NLMSG_LENGTH(sizeof done_err))
+                    memcpy(&done_err, NLMSG_DATA(h), sizeof done_err);
+                if (done_err < 0)
+                    return done_err;
                 return cb_err < 0 ? cb_err : interrupted ? -EAGAIN : 0;
+            }
             if (h->nlmsg_type == NLMSG_ERROR) {
                 if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr)))
                     return -EBADMSG;
@@ -313,6 +320,9 @@ int fw_rtnl_veth_list(fw_rtnl_t *nl, const char *prefix, size_t max_links, char 
 }
 
 typedef struct {
+    int family;
+    fw_route_filter_t keep;
+    void *keep_ctx;
     size_t max, n, cap;
     fw_route_t *v;
 } route_list_t;
@@ -323,6 +333,8 @@ static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
         return 0;
     const struct rtmsg *rt = NLMSG_DATA(h);
     size_t alen = RTM_PAYLOAD(h);
+    if (rt->rtm_family != l->family)
+        return 0; /* a kernel without the family answers with all of them */
     fw_route_t e = {.family = rt->rtm_family, .dst_len = rt->rtm_dst_len};
     size_t addr_len = rt->rtm_family == AF_INET ? 4 : rt->rtm_family == AF_INET6 ? 16 : 0;
     if (!addr_len || rt->rtm_dst_len > addr_len * 8)
@@ -332,8 +344,11 @@ static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
         memcpy(e.dst, RTA_DATA(dst), addr_len);
     else if (rt->rtm_dst_len != 0)
         return 0;
-    e.via_gateway =
-        attr_find(RTM_RTA(rt), alen, RTA_GATEWAY) || attr_find(RTM_RTA(rt), alen, RTA_VIA);
+    /* A route through a nexthop object (RTA_NH_ID) names no gateway of its own: counted as
+     * routed, so such a route never makes a block look taken. */
+    e.via_gateway = attr_find(RTM_RTA(rt), alen, RTA_GATEWAY) ||
+                    attr_find(RTM_RTA(rt), alen, RTA_VIA) ||
+                    attr_find(RTM_RTA(rt), alen, RTA_NH_ID);
     const struct rtattr *oif = attr_find(RTM_RTA(rt), alen, RTA_OIF);
     if (oif && RTA_PAYLOAD(oif) == sizeof(int))
         memcpy(&e.oif, RTA_DATA(oif), sizeof(int));
@@ -353,6 +368,8 @@ static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
         left -= step;
         nh = RTNH_NEXT(nh);
     }
+    if (l->keep && !l->keep(&e, l->keep_ctx))
+        return 0;
     if (l->n >= l->max)
         return -E2BIG;
     if (l->n == l->cap) {
@@ -367,13 +384,14 @@ static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
     return 0;
 }
 
-int fw_rtnl_route_list(fw_rtnl_t *nl, int family, size_t max, fw_route_t **ret, size_t *ret_n) {
+int fw_rtnl_route_list(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
+                       size_t max, fw_route_t **ret, size_t *ret_n) {
     if (!ret || !ret_n || (family != AF_INET && family != AF_INET6))
         return -EINVAL;
     req_t r;
     struct rtmsg rt = {.rtm_family = (unsigned char)family};
     req_init(&r, RTM_GETROUTE, NLM_F_DUMP, &rt, sizeof rt);
-    route_list_t l = {.max = max};
+    route_list_t l = {.family = family, .keep = keep, .keep_ctx = keep_ctx, .max = max};
     int rr = talk(nl, &r, route_list_cb, &l);
     if (rr < 0) {
         free(l.v);

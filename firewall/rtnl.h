@@ -46,6 +46,8 @@ int fw_rtnl_addr_add(fw_rtnl_t *nl, int ifindex, int family, const void *addr, u
 int fw_rtnl_veth_list(fw_rtnl_t *nl, const char *prefix, size_t max_links, char **ret_names,
                       size_t *ret_count);
 
-/* Every route of family (AF_INET or AF_INET6) in every table, at most max: a malloc'd array in
- * *ret (NULL when there are none) with its dev names empty, *ret_n of them. -E2BIG past max. */
-int fw_rtnl_route_list(fw_rtnl_t *nl, int family, size_t max, fw_route_t **ret, size_t *ret_n);
+/* The routes of family (AF_INET or AF_INET6) in every table that keep (NULL: all) keeps, at
+ * most max: a malloc'd array in *ret (NULL when there are none) with its dev names empty,
+ * *ret_n of them. -E2BIG past max, -EAGAIN for a dump the kernel interrupted. */
+int fw_rtnl_route_list(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
+                       size_t max, fw_route_t **ret, size_t *ret_n);

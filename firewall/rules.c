@@ -247,6 +247,18 @@ static int cidr_parse(const char *cidr, int af, void *ret_addr, uint8_t *ret_len
     return 0;
 }
 
+/* Whether the block overlaps ::ffff:0:0/96: IPv4-mapped addresses are IPv4 on the wire, never
+ * a link's IPv6 (and the gateway's registry keeps IPv4 claims there). */
+static bool in6_block_overlaps_mapped(const struct in6_addr *base, uint8_t prefix) {
+    static const struct in6_addr lo = {{{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0}}};
+    static const struct in6_addr hi = {
+        {{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}};
+    struct in6_addr last = *base;
+    for (unsigned bit = prefix; bit < 128; bit++)
+        last.s6_addr[bit / 8] |= (uint8_t)(0x80u >> (bit % 8));
+    return memcmp(base, &hi, sizeof hi) <= 0 && memcmp(&lo, &last, sizeof lo) <= 0;
+}
+
 int fw_pool_parse(const char *cidr4, const char *cidr6, fw_pool_t *ret) {
     if (!cidr4 || !ret)
         return -EINVAL;
@@ -254,7 +266,8 @@ int fw_pool_parse(const char *cidr4, const char *cidr6, fw_pool_t *ret) {
     if (cidr_parse(cidr4, AF_INET, &pool.base4, &pool.prefix4) < 0 || pool.prefix4 > 30)
         return -EINVAL;
     if (cidr6) {
-        if (cidr_parse(cidr6, AF_INET6, &pool.base6, &pool.prefix6) < 0 || pool.prefix6 > 126)
+        if (cidr_parse(cidr6, AF_INET6, &pool.base6, &pool.prefix6) < 0 || pool.prefix6 > 126 ||
+            in6_block_overlaps_mapped(&pool.base6, pool.prefix6))
             return -EINVAL;
         pool.has_v6 = true;
     }

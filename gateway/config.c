@@ -162,7 +162,7 @@ static int validate(const gw_config_t *cfg, char *err, size_t errlen) {
         if (gw_config_worker_pool(cfg, &pool) < 0) {
             snprintf(err, errlen,
                      "worker-net4/worker-net6 must be CIDR blocks without host bits (IPv4 at "
-                     "most /30, IPv6 at most /126), got '%s' and '%s'",
+                     "most /30, IPv6 at most /126 and outside ::ffff:0:0/96), got '%s' and '%s'",
                      cfg->worker_net4, cfg->worker_net6);
             return -EINVAL;
         }

@@ -113,7 +113,9 @@ size_t gw_routes_taken(const fw_route_t *routes, size_t n, const fw_pool_t *pool
         }
         if (first > blk_last || last < blk_first || (rt->via_gateway && rt->dst_len <= blk_len))
             continue;
-        ret[k] = (gw_claim_t){.first = first, .last = last};
+        /* Only what it takes of the block: a broader route never meets another family's. */
+        ret[k] = (gw_claim_t){.first = first < blk_first ? blk_first : first,
+                              .last = last > blk_last ? blk_last : last};
         snprintf(ret[k].dev, sizeof ret[k].dev, "%s", rt->dev);
         k++;
     }
@@ -307,7 +309,8 @@ int gw_uid_claim(const char *dir, const char *keep_path, uint32_t base, uint32_t
     if (base == 0 && (base = read_kept_uid(keep_path)) == 0) {
         first_start = true;
         gw_u128 pick;
-        if (!gw_claim_pick(reg.live, reg.n, GW_UID_AUTO_LO, INT32_MAX, count, 1, &pick)) {
+        /* base + count <= INT32_MAX: the last uid is at most INT32_MAX - 1. */
+        if (!gw_claim_pick(reg.live, reg.n, GW_UID_AUTO_LO, INT32_MAX - 1, count, 1, &pick)) {
             registry_close(&reg);
             return -EBUSY; /* conflict->last 0: no free range left */
         }
@@ -347,11 +350,13 @@ static bool read_kept_links(const char *keep_path, gw_u128 off[2]) {
     return true;
 }
 
-/* In [blk_lo, blk_hi]: the kept span if it fits and is free, else the lowest free one aligned
- * to its own size. */
+/* In [blk_lo, blk_hi]: the kept span if it is aligned, fits and is free (a hand-edited or
+ * stale offset, or another --uid-count, is not used), else the lowest free one aligned to its
+ * own size. */
 static int pick_link_span(const registry_t *reg, gw_u128 blk_lo, gw_u128 blk_hi, gw_u128 len,
                           bool has_kept, gw_u128 kept_off, gw_u128 *ret, gw_claim_t *conflict) {
-    if (has_kept && kept_off <= blk_hi - blk_lo && blk_hi - blk_lo - kept_off >= len - 1 &&
+    if (has_kept && kept_off % len == 0 && kept_off <= blk_hi - blk_lo &&
+        blk_hi - blk_lo - kept_off >= len - 1 &&
         !find(reg->live, reg->n, blk_lo + kept_off, blk_lo + kept_off + len - 1)) {
         *ret = blk_lo + kept_off;
         return 0;

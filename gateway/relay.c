@@ -87,12 +87,6 @@ static bool dir_done(const dir_t *d) {
     return d->dead || (d->eof && pend_empty(&d->pend));
 }
 
-static void close_fd(int *fd) {
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
 /* Both connections closed now (the gateway's socket sees its peer hang up). */
 static void end(gw_relay_t *r, const char *why) {
     if (r->ended)
@@ -102,9 +96,9 @@ static void end(gw_relay_t *r, const char *why) {
     loop_watch_del(r->loop, &r->lw);
     loop_watch_del(r->loop, &r->dw);
     loop_watch_del(r->loop, &r->uw);
-    close_fd(&r->lfd);
-    close_fd(&r->dfd);
-    close_fd(&r->ufd);
+    closep(&r->lfd);
+    closep(&r->dfd);
+    closep(&r->ufd);
     pend_free(&r->to_down.pend);
     pend_free(&r->to_up.pend);
 }
@@ -119,7 +113,7 @@ static void fail(gw_relay_t *r) {
     }
     r->failed = true;
     loop_watch_del(r->loop, &r->uw);
-    close_fd(&r->ufd);
+    closep(&r->ufd);
 }
 
 /* The events one side's fd needs: reading for the direction it feeds while nothing of that
@@ -291,7 +285,7 @@ static void on_listen(loop_t *loop, loop_watch_t *w, int fd, unsigned events, vo
     }
     r->dfd = c;
     loop_watch_del(loop, &r->lw);
-    close_fd(&r->lfd);
+    closep(&r->lfd);
     if (r->failed) {
         end(r, NULL);
         return;

@@ -94,6 +94,18 @@ static bool is_mountpoint(const char *path) {
  * configured blocks: a second gateway given the same blocks takes the next free span, and
  * addresses the host's own networks use (a LAN on the same block, a crashed gateway's veths)
  * are avoided; a gateway that finds no room refuses to start, naming what is in its way. */
+typedef struct {
+    const fw_pool_t *pool;
+    const char *own;
+} route_filter_t;
+
+/* Only routes that take addresses of our blocks are kept (a host may carry a million). */
+static bool in_our_blocks(const fw_route_t *route, void *ctx) {
+    const route_filter_t *f = ctx;
+    gw_claim_t taken;
+    return gw_routes_taken(route, 1, f->pool, f->own, &taken) == 1;
+}
+
 static int claim_links(gw_t *gw) {
     char keep[PATH_MAX], own[FW_IFNAME_MAX];
     int r = xsnprintf(keep, sizeof keep, "%s/worker-links", gw->cfg.state_dir);
@@ -101,9 +113,16 @@ static int claim_links(gw_t *gw) {
         return r;
     _cleanup_free_ fw_route_t *routes = NULL;
     size_t n = 0;
-    if ((r = fw_host_routes(&routes, &n)) < 0) {
-        log_error("sandbox", "cannot read the host's routes", "{s:s}", "error", strerror(-r));
-        return r;
+    route_filter_t f = {.pool = &gw->fw.pool, .own = own};
+    if ((r = fw_host_routes(in_our_blocks, &f, &routes, &n)) < 0) {
+        /* Best effort: the registry still keeps running gateways apart. */
+        log_warn("sandbox",
+                 "cannot read the host's routes; worker links checked against other "
+                 "gateways only",
+                 "{s:s}", "error", strerror(-r));
+        free(routes);
+        routes = NULL;
+        n = 0;
     }
     _cleanup_free_ gw_claim_t *taken = calloc(n ? n : 1, sizeof *taken);
     if (!taken)

@@ -315,9 +315,12 @@ static void test_pool_parse(void **state) {
         assert_int_equal(fw_pool_parse(bad4[i], NULL, &p), -EINVAL);
         assert_int_equal(p.prefix4, 99); /* ret written only on success */
     }
-    const char *bad6[] = {"fd00::1/64", "fd00::/127", "fd00::", "10.0.0.0/8", "fd00::/64/1"};
+    /* ... and nothing of ::ffff:0:0/96 (IPv4-mapped), whether inside it or around it. */
+    const char *bad6[] = {"fd00::1/64",  "fd00::/127",          "fd00::", "10.0.0.0/8",
+                          "fd00::/64/1", "::ffff:10.0.0.0/120", "::/64",  "::ffff:0:0/96"};
     for (size_t i = 0; i < ARRAY_SIZE(bad6); i++)
         assert_int_equal(fw_pool_parse("10.255.0.0/16", bad6[i], &pool), -EINVAL);
+    assert_int_equal(fw_pool_parse("10.255.0.0/16", "::1:0:0:0/112", &pool), 0); /* beside it */
     assert_int_equal(fw_pool_parse(NULL, NULL, &pool), -EINVAL);
     assert_int_equal(fw_pool_parse("10.255.0.0/16", NULL, NULL), -EINVAL);
 }

@@ -105,18 +105,20 @@ static void test_routes_taken(void **state) {
         route(AF_INET, "10.0.0.0", 8, false, "eth2"), /* on-link, broader: all taken */
         route(AF_INET6, "fd00:6b62::100", 120, false, "eth0"),
         route(AF_INET6, "fd00::", 64, true, "eth0"), /* routed, broader */
+        route(AF_INET6, "8000::", 1, false, "eth3"), /* on-link, broader: clipped to the block */
     };
     gw_claim_t taken[16];
     size_t n = gw_routes_taken(routes, sizeof routes / sizeof *routes, &pool, "kbox-h1a2b", taken);
-    assert_int_equal(n, 6);
+    assert_int_equal(n, 7);
     char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
     const char *want[][3] = {
         {"10.255.4.0", "10.255.4.255", "eth1"},
         {"10.255.8.0", "10.255.8.255", "eth0"},
         {"10.255.0.4", "10.255.0.7", "kbox-h9f9f0c0d0"},
         {"10.255.0.9", "10.255.0.9", "lo"},
-        {"10.0.0.0", "10.255.255.255", "eth2"},
+        {"10.255.0.0", "10.255.255.255", "eth2"},
         {"fd00:6b62::100", "fd00:6b62::1ff", "eth0"},
+        {"fd00:6b62::", "fd00:6b62::ffff", "eth3"},
     };
     for (size_t i = 0; i < n; i++) {
         assert_string_equal(gw_claim_addr_str(taken[i].first, a, sizeof a), want[i][0]);
@@ -256,6 +258,17 @@ static void test_link_claims(void **state) {
     close(fb[0]);
     close(fb[1]);
     close(fd[0]);
+
+    /* A kept offset off the span grid (hand-edited, or another --uid-count) is not used. */
+    FILE *kf = fopen(f->keep_b, "w");
+    assert_non_null(kf);
+    fprintf(kf, "%032x %032x\n", 4, 0);
+    fclose(kf);
+    fw_pool_t g;
+    assert_int_equal(fw_pool_parse("10.255.0.0/22", NULL, &g), 0);
+    assert_int_equal(gw_link_claim(f->reg, f->keep_b, &g, 64, NULL, 0, fb, &other), 0);
+    assert_string_equal(inet_ntop(AF_INET, &g.base4, buf, sizeof buf), "10.255.0.0");
+    close(fb[0]);
 
     /* The host's routes are avoided like claims, and named when nothing is left. */
     fw_pool_t e;
