@@ -244,6 +244,17 @@ class KernelWS:
     def execute(self, code, timeout=30):
         return self.request("shell", "execute_request", execute_content(code), timeout=timeout)
 
+    def execute_after_error(self, code, tries=5, timeout=30):
+        """execute() right after a cell that ended in an error (an interrupt): ipykernel aborts
+        (status "aborted", nothing run) requests that reach it within its stop-on-error window,
+        even after the failed cell's idle, as any frontend would see; ask again then."""
+        for _ in range(tries):
+            reply, iopub = self.execute(code, timeout=timeout)
+            if reply["content"]["status"] != "aborted":
+                break
+            time.sleep(0.2)
+        return reply, iopub
+
     def nudge(self, timeout=30):
         """kernel_info_request until one is answered (a fresh connection through a proxy may
         drop the first messages: Jupyter Server does the same nudging). A new request goes out

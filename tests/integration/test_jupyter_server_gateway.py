@@ -171,7 +171,8 @@ def test_kernel_end_to_end_through_jupyter_server(stack):
     rep = c.wait_reply_and_idle(mid, timeout=15, what="interrupted reply and idle")
     assert rep["content"]["ename"] == "KeyboardInterrupt"
     assert time.time() - t0 < 10
-    assert stdout_of(c.execute("print(kept)")[1]) == "5\n"
+    rep, msgs = c.execute_after_error("print(kept)")
+    assert stdout_of(msgs) == "5\n", rep
 
     # Restart through Jupyter Server's REST API: same id, fresh state, the open WebSocket
     # hears "restarting" and keeps working.
