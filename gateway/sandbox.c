@@ -90,10 +90,6 @@ static bool is_mountpoint(const char *path) {
     return a.st_dev != b.st_dev;
 }
 
-/* TCP mode: the link addresses of our uid_count workers, claimed host-wide inside the
- * configured blocks: a second gateway given the same blocks takes the next free span, and
- * addresses the host's own networks use (a LAN on the same block, a crashed gateway's veths)
- * are avoided; a gateway that finds no room refuses to start, naming what is in its way. */
 typedef struct {
     const fw_pool_t *pool;
     const char *own;
@@ -106,6 +102,10 @@ static bool in_our_blocks(const fw_route_t *route, void *ctx) {
     return gw_routes_taken(route, 1, f->pool, f->own, &taken) == 1;
 }
 
+/* TCP mode: the link addresses of our uid_count workers, claimed host-wide inside the
+ * configured blocks: a second gateway given the same blocks takes the next free span, and
+ * addresses the host's own networks use (a LAN on the same block, a crashed gateway's veths)
+ * are avoided; a gateway that finds no room refuses to start, naming what is in its way. */
 static int claim_links(gw_t *gw) {
     char keep[PATH_MAX], own[FW_IFNAME_MAX];
     int r = xsnprintf(keep, sizeof keep, "%s/worker-links", gw->cfg.state_dir);
@@ -120,9 +120,7 @@ static int claim_links(gw_t *gw) {
                  "cannot read the host's routes; worker links checked against other "
                  "gateways only",
                  "{s:s}", "error", strerror(-r));
-        free(routes);
-        routes = NULL;
-        n = 0;
+        n = 0; /* routes stays NULL: nothing is returned on failure */
     }
     _cleanup_free_ gw_claim_t *taken = calloc(n ? n : 1, sizeof *taken);
     if (!taken)
