@@ -191,6 +191,7 @@ enum {
     R_REP,
     R_LAUNCHER,
     R_CGROUP,
+    R_SCENARIO,
     R_N
 };
 
@@ -198,7 +199,8 @@ static int cmd_run(int argc, char **argv) {
     static const char *const names[R_N + 1] = {
         "target",    "url",        "token", "users",    "requests",       "think-min",
         "think-max", "timeout-ms", "seed",  "python",   "workdir",        "cpu-pid",
-        "label",     "server",     "rep",   "launcher", "kernels-cgroup", NULL};
+        "label",     "server",     "rep",   "launcher", "kernels-cgroup", "scenario",
+        NULL};
     const char *v[R_N];
     if (bench_opts(argc, argv, names, v) < 0)
         return 2;
@@ -262,6 +264,17 @@ static int cmd_run(int argc, char **argv) {
     vuser_t *us = calloc((size_t)users, sizeof *us);
     if (!us)
         return 1;
+    /* One scenario for every user: where a request's time goes without the mix's variance
+     * (how many users import numpy changes a run's CPU per request by a third). */
+    int only = -1;
+    for (int k = 0; v[R_SCENARIO] && k < SCEN_N; k++)
+        if (streq(v[R_SCENARIO], bench_scen_name((bench_scen_kind_t)k)))
+            only = k;
+    if (v[R_SCENARIO] && only < 0) {
+        bench_note("--scenario must be arithmetic, list or numpy");
+        free(us);
+        return 2;
+    }
     int scen_count[SCEN_N] = {0};
     for (int i = 0; i < users; i++) {
         vuser_t *u = &us[i];
@@ -270,6 +283,8 @@ static int cmd_run(int argc, char **argv) {
         snprintf(u->uuid, sizeof u->uuid, "bench-");
         random_hex(u->uuid + 6, 8);
         bench_scen_init(&u->scen, &u->rng);
+        if (only >= 0)
+            u->scen.kind = (bench_scen_kind_t)only;
         scen_count[u->scen.kind]++;
     }
     bench_note("%s: %d users x %d requests, think %.2f-%.2f s, target %s %s",
@@ -429,7 +444,7 @@ static void usage(void) {
             "  run      --target execute|kernels|zmq --url U --token T --users N --requests N\n"
             "           [--think-min S --think-max S --timeout-ms MS --seed N --python P\n"
             "           --workdir D --cpu-pid PID --kernels-cgroup CG --label L --server S\n"
-            "           --rep N --launcher L]\n"
+            "           --rep N --launcher L --scenario arithmetic|list|numpy]\n"
             "  first    --url U --token T --mode warm|cold --samples N [--min-idle N]\n"
             "  kstart   --python P --samples N [--workdir D]\n"
             "  mem      --url U --token T --gw-pid PID --at 25,200 --max N [--batch N\n"

@@ -45,6 +45,7 @@ CAPACITY_MAX=${BENCH_CAPACITY_MAX:-300}   # the capacity ramp stops here at the 
 MEM_DISK_MB=${BENCH_MEM_DISK_MB:-32}      # worker disk in the memory/capacity phase (see docs)
 MEM_RESERVE_MB=${BENCH_MEM_RESERVE_MB:-4096}
 SKIP=${BENCH_SKIP:-}                  # comma list of: kernel,1a,1b,2,jupyter,3,first,cold,mem,kstart
+SCENARIO=${BENCH_SCENARIO:-}          # every user on this scenario (arithmetic, list, numpy); default: the seed's random mix
 KERNEL_N=${BENCH_KERNEL_N:-2000}      # executes per kernel-only run (tests/kernel/kbench.py)
 GATEWAY_BIN=${BENCH_GATEWAY_BIN:-}    # use this gateway instead of building one
 BENCH_BIN=${BENCH_BENCH_BIN:-}        # use this kbox-bench instead of building one
@@ -76,6 +77,8 @@ options (environment variable in brackets):
   --mem-disk-mb MB          worker disk during the memory/capacity ramp (32)
   --kernel-n N              executes per kernel-only run (2000)
   --skip LIST               kernel,1a,1b,2,jupyter,3,first,cold,mem,kstart
+  --scenario S              every user on scenario S (arithmetic, list, numpy), to see where
+                            a request's time goes; the seed's workloads mix them at random
   --gateway-bin PATH        do not build the gateway; use this kbox-gateway (its tree's
                             kernel-host/kbox-kernel-host must be built too, for native)
   --bench-bin PATH          do not build the load generator; use this kbox-bench
@@ -109,6 +112,7 @@ while [ $# -gt 0 ]; do
     --capacity-max) CAPACITY_MAX=$2; shift ;;
     --mem-disk-mb) MEM_DISK_MB=$2; shift ;;
     --skip) SKIP=$2; shift ;;
+    --scenario) SCENARIO=$2; shift ;;
     --kernel-n) KERNEL_N=$2; shift ;;
     --gateway-bin) GATEWAY_BIN=$2; shift ;;
     --bench-bin) BENCH_BIN=$2; shift ;;
@@ -311,7 +315,7 @@ CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta commit "$COMMIT"
 meta machine "$(nproc) cores ($CPU_MODEL), $MEM_GIB GiB, $(uname -r), loadavg at start $(cut -d' ' -f1-3 /proc/loadavg)"
-meta workload "$USERS users x $REQUESTS requests; 1a think $THINK_MIN-$THINK_MAX s, pool $POOL_1A (min idle/max total); 1b/2 pool $POOL_1B; $REPEAT repetition(s) of 1b/2/3, $REPEAT_1A of 1a"
+meta workload "$USERS users x $REQUESTS requests; 1a think $THINK_MIN-$THINK_MAX s, pool $POOL_1A (min idle/max total); 1b/2 pool $POOL_1B; $REPEAT repetition(s) of 1b/2/3, $REPEAT_1A of 1a${SCENARIO:+; every user on scenario $SCENARIO}"
 meta kernels "$KERNELS: 1a, 1b, 2-kbox and the first-result probes once per kernel; 2-jupyter, 3 and the like-for-like ratios with ipykernel; memory/capacity with $MEM_KERNELS"
 meta kernel "ipykernel $($PY -c 'import ipykernel; print(ipykernel.__version__)' 2>/dev/null), jupyter_server $($PY -c 'import jupyter_server; print(jupyter_server.__version__)' 2>/dev/null), $($PY --version 2>&1)"
 
@@ -397,7 +401,7 @@ bench_run() { # label target url token cpu-pid rep seed [extra args]; kernel: $K
         line=$(timeout --signal=TERM --kill-after=10 "${RUN_TIMEOUT}" \
             "$BENCH" --kernel "$KERNEL" run --label "$label" --target "$target" --url "$url" --token "$tok" \
             --users "$USERS" --requests "$REQUESTS" --cpu-pid "$pid" --rep "$rep" --seed "$seed" \
-            --launcher "$LAUNCHER" --workdir "$STATE_ROOT/k" "$@") || rc=$?
+            --launcher "$LAUNCHER" --workdir "$STATE_ROOT/k" ${SCENARIO:+--scenario "$SCENARIO"} "$@") || rc=$?
         if [ $rc -ne 0 ] || [ -z "$line" ]; then
             warn "workload $label [$KERNEL] (repetition $rep) did not finish (exit $rc)"
             return 0

@@ -37,6 +37,14 @@ bad() {
     fail=1
 }
 
+# --scenario puts every user on one scenario, and refuses one it does not know. A closed port on
+# loopback answers at once: the users' draw is in the result line whether or not they connect.
+line=$("$BENCH" run --url http://127.0.0.1:9 --users 5 --requests 1 --scenario numpy 2>/dev/null) ||
+    bad "kbox-bench run --scenario numpy exited $?"
+$PY -c 'import json, sys; s = json.loads(sys.argv[1])["scenarios"]; sys.exit(s != {"arithmetic": 0, "list": 0, "numpy": 5})' \
+    "$line" || bad "--scenario numpy drew: $line"
+"$BENCH" run --url http://127.0.0.1:9 --scenario numbers >/dev/null 2>&1 && bad "--scenario numbers accepted"
+
 t0=$SECONDS
 rc=0
 BENCH_NO_FALLBACK=1 "$HERE/run.sh" --quick --kernels ipykernel,native --launcher runc \
