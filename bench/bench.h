@@ -121,12 +121,14 @@ typedef struct {
     double iopub_ms;     /* iopub flows (a message parented to our kernel_info_request) */
 } kclient_times_t;
 
-/* Starts `python -m ipykernel_launcher -f <dir>/kernel.json` (ipc transport, signed, as the
- * gateway does), connects shell, iopub and control, and waits until kernel_info is answered
+/* Starts `python -m ipykernel_launcher -f <dir>/kernel.json`, or with kernel_host set the native
+ * kernel (`kernel_host --kernel native -f ...`), ipc transport, signed, as the gateway does;
+ * connects shell, iopub and control, and waits until kernel_info is answered
  * and iopub flows. nudge_ms: how often kernel_info is re-sent until then. times may be NULL.
  * NULL on failure with a reason in err (the kernel is killed). */
-kclient_t *kclient_start(const char *python, const char *dir, int timeout_ms, int nudge_ms,
-                         kclient_times_t *times, char *err, size_t errlen);
+kclient_t *kclient_start(const char *python, const char *kernel_host, const char *dir,
+                         int timeout_ms, int nudge_ms, kclient_times_t *times, char *err,
+                         size_t errlen);
 pid_t kclient_pid(const kclient_t *self);
 /* Shutdown request on control, then SIGKILL after a grace; reaps; removes the files.
  * NULL-safe. */
@@ -165,11 +167,12 @@ int kclient_execute(kclient_t *self, const char *code, int timeout_ms, bench_rep
 /* ---- targets (targets.c) ---------------------------------------------------------------- */
 
 typedef struct {
-    const char *url;   /* http://127.0.0.1:port of the gateway or Jupyter Server */
-    const char *token; /* its token */
-    const char *python;
-    const char *workdir; /* where target 3 puts its kernels' files */
-    int timeout_ms;      /* per request */
+    const char *url;         /* http://127.0.0.1:port of the gateway or Jupyter Server */
+    const char *token;       /* its token */
+    const char *python;      /* target zmq: ipykernel's interpreter */
+    const char *kernel_host; /* target zmq: the native kernel's binary instead (NULL: ipykernel) */
+    const char *workdir;     /* where target 3 puts its kernels' files */
+    int timeout_ms;          /* per request */
 } bench_target_cfg_t;
 
 typedef struct {

@@ -70,11 +70,16 @@ static int send_msg(kclient_t *k, zsock_t *sock, const char *type, json_t *conte
     return r;
 }
 
-static pid_t spawn(const char *python, const char *home, const char *conn_file) {
+/* ipykernel through python, or (kernel_host set) the native kernel as its kernelspec starts it:
+ * the kernel host's init with the kernel as its child, as in a worker. */
+static pid_t spawn(const char *python, const char *kernel_host, const char *home,
+                   const char *conn_file) {
     char env_home[PATH_MAX + 32], env_mpl[PATH_MAX + 32];
     snprintf(env_home, sizeof env_home, "HOME=%s", home);
     snprintf(env_mpl, sizeof env_mpl, "MPLCONFIGDIR=%s", home);
-    char *argv[] = {(char *)python, "-m", "ipykernel_launcher", "-f", (char *)conn_file, NULL};
+    char *py_argv[] = {(char *)python, "-m", "ipykernel_launcher", "-f", (char *)conn_file, NULL};
+    char *kh_argv[] = {(char *)kernel_host, "--kernel", "native", "-f", (char *)conn_file, NULL};
+    char **argv = kernel_host ? kh_argv : py_argv;
     char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin",
                     env_home,
                     env_mpl,
@@ -104,7 +109,7 @@ static pid_t spawn(const char *python, const char *home, const char *conn_file) 
     }
     if (chdir(home) < 0)
         _exit(127);
-    execve(python, argv, envp);
+    execve(argv[0], argv, envp);
     _exit(127);
 }
 
@@ -170,8 +175,9 @@ static int drain(kclient_t *k, zsock_t *sock, const char *chname, const char *pa
     }
 }
 
-kclient_t *kclient_start(const char *python, const char *dir, int timeout_ms, int nudge_ms,
-                         kclient_times_t *times, char *err, size_t errlen) {
+kclient_t *kclient_start(const char *python, const char *kernel_host, const char *dir,
+                         int timeout_ms, int nudge_ms, kclient_times_t *times, char *err,
+                         size_t errlen) {
     double t0 = bench_now_ms(), deadline = t0 + timeout_ms;
     kclient_t *k = calloc(1, sizeof *k);
     if (!k) {
@@ -203,7 +209,7 @@ kclient_t *kclient_start(const char *python, const char *dir, int timeout_ms, in
         return NULL;
     }
     double t_conn = bench_now_ms();
-    k->pid = spawn(python, home, conn_file);
+    k->pid = spawn(python, kernel_host, home, conn_file);
     if (k->pid < 0) {
         snprintf(err, errlen, "fork: %s", strerror(errno));
         kclient_free(k, 0);

@@ -192,15 +192,16 @@ enum {
     R_LAUNCHER,
     R_CGROUP,
     R_SCENARIO,
+    R_KERNEL_HOST,
     R_N
 };
 
 static int cmd_run(int argc, char **argv) {
     static const char *const names[R_N + 1] = {
-        "target",    "url",        "token", "users",    "requests",       "think-min",
-        "think-max", "timeout-ms", "seed",  "python",   "workdir",        "cpu-pid",
-        "label",     "server",     "rep",   "launcher", "kernels-cgroup", "scenario",
-        NULL};
+        "target",      "url",        "token", "users",    "requests",       "think-min",
+        "think-max",   "timeout-ms", "seed",  "python",   "workdir",        "cpu-pid",
+        "label",       "server",     "rep",   "launcher", "kernels-cgroup", "scenario",
+        "kernel-host", NULL};
     const char *v[R_N];
     if (bench_opts(argc, argv, names, v) < 0)
         return 2;
@@ -221,6 +222,12 @@ static int cmd_run(int argc, char **argv) {
         bench_note("--users 1..5000, --requests >= 1, 0 <= --think-min <= --think-max");
         return 2;
     }
+    /* The kernels start in their own directories: a relative path would not find the binary. */
+    char kernel_host[PATH_MAX];
+    if (v[R_KERNEL_HOST] && !realpath(v[R_KERNEL_HOST], kernel_host)) {
+        bench_note("--kernel-host %s: %s", v[R_KERNEL_HOST], strerror(errno));
+        return 2;
+    }
     char workdir[PATH_MAX];
     snprintf(workdir, sizeof workdir, "%s", v[R_WORKDIR] ? v[R_WORKDIR] : "/tmp/kbox-bench-k");
     if (target == &bench_target_zmq) {
@@ -237,6 +244,7 @@ static int cmd_run(int argc, char **argv) {
     bench_target_cfg_t cfg = {.url = v[R_URL] ? v[R_URL] : "http://127.0.0.1:3874",
                               .token = v[R_TOKEN] ? v[R_TOKEN] : "",
                               .python = v[R_PYTHON] ? v[R_PYTHON] : "/usr/bin/python3",
+                              .kernel_host = v[R_KERNEL_HOST] ? kernel_host : NULL,
                               .workdir = workdir,
                               .timeout_ms = (int)bench_opt_num(v[R_TIMEOUT], 60000)};
     uint64_t seed = 0;
@@ -444,7 +452,8 @@ static void usage(void) {
             "  run      --target execute|kernels|zmq --url U --token T --users N --requests N\n"
             "           [--think-min S --think-max S --timeout-ms MS --seed N --python P\n"
             "           --workdir D --cpu-pid PID --kernels-cgroup CG --label L --server S\n"
-            "           --rep N --launcher L --scenario arithmetic|list|numpy]\n"
+            "           --rep N --launcher L --scenario arithmetic|list|numpy\n"
+            "           --kernel-host BIN (zmq: the native kernel, not ipykernel)]\n"
             "  first    --url U --token T --mode warm|cold --samples N [--min-idle N]\n"
             "  kstart   --python P --samples N [--workdir D]\n"
             "  mem      --url U --token T --gw-pid PID --at 25,200 --max N [--batch N\n"

@@ -562,7 +562,7 @@ int bench_cmd_kstart(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%s/%s", wd, rnd);
         kclient_times_t t;
         wait_quiet(20, 3);
-        kclient_t *k = kclient_start(py, dir, 60000, 10, &t, err, sizeof err);
+        kclient_t *k = kclient_start(py, NULL, dir, 60000, 10, &t, err, sizeof err);
         if (!k) {
             bench_note("kstart: %s", err);
             continue;

@@ -131,7 +131,8 @@ static double med_pair(json_t *ra, json_t *rb, double (*f)(const json_t *, const
 }
 
 static double f_rps_ratio(const json_t *a, const json_t *b) {
-    return num(a, "rps", NULL) / num(b, "rps", NULL);
+    double d = num(b, "rps", NULL);
+    return d > 0 ? num(a, "rps", NULL) / d : NAN; /* a failed run is no ratio */
 }
 static double f_p50_delta(const json_t *a, const json_t *b) {
     return num(a, "lat_ms", "p50") - num(b, "lat_ms", "p50");
@@ -265,27 +266,38 @@ int bench_cmd_report(int argc, char **argv) {
     printf("  (srv/kern/gen: CPU ms per request of the server process, of its kernels, of the "
            "load generator; for 3 the generator is the client)\n");
 
-    json_t *r1b = runs_of(all, "1b", ref), *r3 = runs_of(all, "3", NULL),
+    json_t *r1b = runs_of(all, "1b", ref), *r3 = runs_of(all, "3", ref),
            *r2k = runs_of(all, "2-kbox", ref), *r2j = runs_of(all, "2-jupyter", NULL);
     int n1 = 0, n2 = 0, n3 = 0;
     double ovh = med_pair(r1b, r3, f_rps_ratio, &n1);
-    double dp50 = med_pair(r1b, r3, f_p50_delta, &n3);
     double w2 = med_pair(r2k, r2j, f_rps_ratio, &n2);
     double w2p95 = med_pair(r2k, r2j, f_p95_ratio, &n3);
-    ktag(ref, tag, sizeof tag);
     printf("\nratios (median over repetitions of the ratio within each repetition)\n");
-    if (n1)
-        printf("  gateway overhead by throughput, 1b%s / 3: x%.3f (%.1f%% %s), P50 %+.1f ms (%d "
-               "runs; noisy on a shared machine, see the CPU figure below)\n",
-               tag, ovh, 100 * fabs(1 - ovh), ovh <= 1 ? "lower" : "higher", dp50, n1);
-    if (json_array_size(r1b) && json_array_size(r3)) {
-        double gw = med_field(r1b, "cpu.server_ms_per_req");
-        double base =
-            med_field(r3, "cpu.children_ms_per_req") + med_field(r3, "cpu.server_ms_per_req");
-        printf("  gateway CPU per request (1b%s): %.2f ms = %.1f%% of what the same request "
-               "costs without it (kernels + client in 3: %.2f ms)\n",
-               tag, gw, 100 * gw / base, base);
+    /* The gateway's overhead per kernel: 1b against 3 with the same kernel, same seeds. */
+    for (size_t kk = 0; kk < nk; kk++) {
+        json_t *a = runs_of(all, "1b", kernels[kk]), *b = runs_of(all, "3", kernels[kk]);
+        int na = 0, nd = 0;
+        double o = med_pair(a, b, f_rps_ratio, &na);
+        double dp50 = med_pair(a, b, f_p50_delta, &nd);
+        ktag(kernels[kk], tag, sizeof tag);
+        if (na)
+            printf("  gateway overhead by throughput, 1b%s / 3: x%.3f (%.1f%% %s), P50 %+.1f ms "
+                   "(%d runs; noisy on a shared machine, see the CPU figure below)\n",
+                   tag, o, 100 * fabs(1 - o), o <= 1 ? "lower" : "higher", dp50, na);
+        if (json_array_size(a) && json_array_size(b)) {
+            double gw = med_field(a, "cpu.server_ms_per_req");
+            double base =
+                med_field(b, "cpu.children_ms_per_req") + med_field(b, "cpu.server_ms_per_req");
+            if (base > 0)
+                printf(
+                    "  gateway CPU per request (1b%s): %.2f ms = %.1f%% of what the same request "
+                    "costs without it (kernels + client in 3: %.2f ms)\n",
+                    tag, gw, 100 * gw / base, base);
+        }
+        json_decref(a);
+        json_decref(b);
     }
+    ktag(ref, tag, sizeof tag);
     if (n2)
         printf("  workload 2, kbox / Jupyter Server%s: throughput x%.2f, P95 x%.2f (%d runs)\n",
                tag, w2, w2p95, n2);

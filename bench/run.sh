@@ -4,8 +4,9 @@
 # and the start / memory / capacity probes, stops everything it started, prints one table.
 #
 # Every gateway gets an explicit --kernel. 1a, 1b, 2-kbox and the first-result probes run once
-# per kernel of --kernels (ipykernel,native); 2-jupyter and 3 run with ipykernel only, beside
-# the ipykernel gateway, for the like-for-like ratios (same kernel on both sides). The table
+# per kernel of --kernels (ipykernel,native); 2-jupyter runs with ipykernel only, beside the
+# ipykernel gateway, for the like-for-like ratios (same kernel on both sides); 3 with each kernel
+# (the kernels started by the bench itself, unsandboxed: the ceiling of 1b). The table
 # labels each row with its kernel; every kernel gets the same users and code per repetition.
 #
 #   bench/run.sh            the full run: ~17 minutes of measuring on a quiet 2-core machine,
@@ -64,7 +65,7 @@ options (environment variable in brackets):
   --quick                   smoke run: 3 users x 10 requests, 1 repetition, small probes
   --launcher runc|process   worker launcher (BENCH_LAUNCHER, default runc)
   --kernels LIST            kernels of the gateways, each run in turn (BENCH_KERNELS,
-                            default ipykernel,native); 2-jupyter and 3 run with ipykernel only
+                            default ipykernel,native); 2-jupyter runs with ipykernel only
   --mem-kernels LIST        kernels the memory/capacity ramp runs with (ipykernel; --quick:
                             every kernel of --kernels)
   --users N --requests N    workload size (BENCH_USERS 25, BENCH_REQUESTS 100)
@@ -316,7 +317,7 @@ meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta commit "$COMMIT"
 meta machine "$(nproc) cores ($CPU_MODEL), $MEM_GIB GiB, $(uname -r), loadavg at start $(cut -d' ' -f1-3 /proc/loadavg)"
 meta workload "$USERS users x $REQUESTS requests; 1a think $THINK_MIN-$THINK_MAX s, pool $POOL_1A (min idle/max total); 1b/2 pool $POOL_1B; $REPEAT repetition(s) of 1b/2/3, $REPEAT_1A of 1a${SCENARIO:+; every user on scenario $SCENARIO}"
-meta kernels "$KERNELS: 1a, 1b, 2-kbox and the first-result probes once per kernel; 2-jupyter, 3 and the like-for-like ratios with ipykernel; memory/capacity with $MEM_KERNELS"
+meta kernels "$KERNELS: 1a, 1b, 2-kbox, 3 and the first-result probes once per kernel; 2-jupyter and the like-for-like ratios with ipykernel; memory/capacity with $MEM_KERNELS"
 meta kernel "ipykernel $($PY -c 'import ipykernel; print(ipykernel.__version__)' 2>/dev/null), jupyter_server $($PY -c 'import jupyter_server; print(jupyter_server.__version__)' 2>/dev/null), $($PY --version 2>&1)"
 
 # ---- gateway ------------------------------------------------------------------------------------
@@ -478,13 +479,15 @@ fi
 # interleaved per repetition (the like-for-like ratios) ---------------------------------------------
 IFS=/ read -r B_MIN B_MAX <<<"$POOL_1B"
 JS_URL= JS_TOKEN=
-in_list ipykernel "$KERNELS" || { skip 3 && skip 2; } ||
-    say "ipykernel is not in --kernels: workloads 3 and 2 on Jupyter Server are not run"
+in_list ipykernel "$KERNELS" || skip 2 ||
+    say "ipykernel is not in --kernels: workload 2 on Jupyter Server is not run"
 if ! skip 1b || ! skip 2 || ! skip 3; then
     for KERNEL in "${KERNEL_LIST[@]}"; do
-        REF=0
+        REF=0 W3=0
         [ "$KERNEL" = ipykernel ] && REF=1
-        if skip 1b && skip 2 && [ $REF = 0 ]; then continue; fi
+        # 3 with each kernel the bench can start by itself: the ceiling 1b is measured against.
+        if ! skip 3 && { [ $REF = 1 ] || [ "$KERNEL" = native ]; }; then W3=1; fi
+        if skip 1b && skip 2 && [ $W3 = 0 ]; then continue; fi
         start_gateway "B-$KERNEL" "$KERNEL" "$B_MIN" "$B_MAX"
         if [ $REF = 1 ] && ! skip 2 && ! skip jupyter; then
             JS_PORT=$("$BENCH" freeport)
@@ -525,10 +528,14 @@ if ! skip 1b || ! skip 2 || ! skip 3; then
                         --percent-limit 1 >"$OUT/perf-gateway-1b-$KERNEL.txt" 2>/dev/null || true
                 fi
             fi
-            if [ $REF = 1 ] && ! skip 3; then
-                say "workload 3, repetition $rep/$REPEAT: the same steps over ZeroMQ to ipykernel, no gateway"
+            if [ $W3 = 1 ]; then
+                say "workload 3 [$KERNEL], repetition $rep/$REPEAT: the same steps over ZeroMQ to the kernels, no gateway"
                 settle
-                bench_run 3 zmq "" "" 0 "$rep" "$seed" --python "$PY"
+                if [ $REF = 1 ]; then
+                    bench_run 3 zmq "" "" 0 "$rep" "$seed" --python "$PY"
+                else
+                    bench_run 3 zmq "" "" 0 "$rep" "$seed" --kernel-host "$KH"
+                fi
             fi
             if ! skip 2; then
                 say "workload 2 [$KERNEL], repetition $rep/$REPEAT: kernels API + WebSocket, kbox"

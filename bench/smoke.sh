@@ -66,7 +66,7 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 errors = []
 kernels = ["ipykernel", "native"]
 want = [(w, k) for w in ("1a", "1b", "2-kbox") for k in kernels]
-want += [("2-jupyter", "ipykernel"), ("3", "ipykernel")]
+want += [("2-jupyter", "ipykernel"), ("3", "ipykernel"), ("3", "native")]
 runs = [j for j in lines if j.get("kind") == "run"]
 for w, k in want:
     rs = [j for j in runs if j.get("label") == w and j.get("kernel") == k]
