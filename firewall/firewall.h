@@ -181,7 +181,9 @@ typedef bool (*fw_route_filter_t)(const fw_route_t *route, void *ctx);
 /* The routes of the calling thread's network namespace, every table, IPv4 and IPv6, that keep
  * (NULL: all) keeps, at most FW_ROUTES_MAX: a malloc'd array in *ret (NULL when there are
  * none), *ret_n of them. Local, broadcast and unreachable routes included: each takes the
- * addresses it names. A dump the kernel keeps interrupting (routes changing) is -EAGAIN. */
+ * addresses it names. So do the networks of the links' addresses, given as on-link routes:
+ * an address on a link that is down has no route to its network yet. A dump the kernel keeps
+ * interrupting (routes changing) is -EAGAIN. */
 #define FW_ROUTES_MAX 65536
 int fw_host_routes(fw_route_filter_t keep, void *ctx, fw_route_t **ret, size_t *ret_n);
 

@@ -527,15 +527,19 @@ int fw_host_routes(fw_route_filter_t keep, void *ctx, fw_route_t **ret, size_t *
         return r;
     _cleanup_free_ fw_route_t *all = NULL;
     size_t n = 0;
-    static const int fams[] = {AF_INET, AF_INET6};
-    for (size_t f = 0; f < 2; f++) {
+    static const int fams[] = {AF_INET, AF_INET6, AF_INET, AF_INET6};
+    typedef int (*dump_fn)(fw_rtnl_t *, int, fw_route_filter_t, void *, size_t, fw_route_t **,
+                           size_t *);
+    static const dump_fn dumps[] = {fw_rtnl_route_list, fw_rtnl_route_list, fw_rtnl_addr_routes,
+                                    fw_rtnl_addr_routes};
+    for (size_t f = 0; f < ARRAY_SIZE(fams); f++) {
         _cleanup_free_ fw_route_t *some = NULL;
         size_t k = 0;
         /* A dump the kernel interrupts (routes changed meanwhile) is asked again. */
         for (int attempt = 0; attempt < 5; attempt++) {
             free(some);
             some = NULL;
-            r = fw_rtnl_route_list(&nl, fams[f], keep, ctx, FW_ROUTES_MAX - n, &some, &k);
+            r = dumps[f](&nl, fams[f], keep, ctx, FW_ROUTES_MAX - n, &some, &k);
             if (r != -EAGAIN)
                 break;
         }

@@ -327,6 +327,23 @@ typedef struct {
     fw_route_t *v;
 } route_list_t;
 
+static int route_list_add(route_list_t *l, const fw_route_t *e) {
+    if (l->keep && !l->keep(e, l->keep_ctx))
+        return 0;
+    if (l->n >= l->max)
+        return -E2BIG;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 32;
+        fw_route_t *grown = realloc(l->v, cap * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        l->v = grown;
+        l->cap = cap;
+    }
+    l->v[l->n++] = *e;
+    return 0;
+}
+
 static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
     route_list_t *l = ctx;
     if (h->nlmsg_type != RTM_NEWROUTE || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct rtmsg)))
@@ -368,31 +385,62 @@ static int route_list_cb(void *ctx, const struct nlmsghdr *h) {
         left -= step;
         nh = RTNH_NEXT(nh);
     }
-    if (l->keep && !l->keep(&e, l->keep_ctx))
-        return 0;
-    if (l->n >= l->max)
-        return -E2BIG;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 32;
-        fw_route_t *grown = realloc(l->v, cap * sizeof *grown);
-        if (!grown)
-            return -ENOMEM;
-        l->v = grown;
-        l->cap = cap;
-    }
-    l->v[l->n++] = e;
-    return 0;
+    return route_list_add(l, &e);
 }
 
-int fw_rtnl_route_list(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
-                       size_t max, fw_route_t **ret, size_t *ret_n) {
+/* An address as the on-link route it stands for: its network (the peer's, on a point-to-point
+ * link) and, when it differs from that, its own address as a host route. */
+static int addr_list_cb(void *ctx, const struct nlmsghdr *h) {
+    route_list_t *l = ctx;
+    if (h->nlmsg_type != RTM_NEWADDR || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifaddrmsg)))
+        return 0;
+    const struct ifaddrmsg *ifa = NLMSG_DATA(h);
+    size_t alen = IFA_PAYLOAD(h);
+    if (ifa->ifa_family != l->family)
+        return 0;
+    size_t addr_len = ifa->ifa_family == AF_INET ? 4 : ifa->ifa_family == AF_INET6 ? 16 : 0;
+    if (!addr_len || ifa->ifa_prefixlen > addr_len * 8)
+        return 0;
+    const struct rtattr *peer = attr_find(IFA_RTA(ifa), alen, IFA_ADDRESS);
+    const struct rtattr *local = attr_find(IFA_RTA(ifa), alen, IFA_LOCAL);
+    if (peer && RTA_PAYLOAD(peer) != addr_len)
+        peer = NULL;
+    if (local && RTA_PAYLOAD(local) != addr_len)
+        local = NULL;
+    if (peer && local && memcmp(RTA_DATA(peer), RTA_DATA(local), addr_len) == 0)
+        local = NULL; /* not point-to-point: one address */
+    int r = 0;
+    if (peer) {
+        fw_route_t e = {
+            .family = ifa->ifa_family, .dst_len = ifa->ifa_prefixlen, .oif = (int)ifa->ifa_index};
+        memcpy(e.dst, RTA_DATA(peer), addr_len);
+        for (size_t bit = ifa->ifa_prefixlen; bit < addr_len * 8; bit++)
+            e.dst[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+        r = route_list_add(l, &e);
+    }
+    if (r >= 0 && local) {
+        fw_route_t e = {.family = ifa->ifa_family,
+                        .dst_len = (uint8_t)(addr_len * 8),
+                        .oif = (int)ifa->ifa_index};
+        memcpy(e.dst, RTA_DATA(local), addr_len);
+        r = route_list_add(l, &e);
+    }
+    return r;
+}
+
+static int dump_routes(fw_rtnl_t *nl, uint16_t type, int family, fw_route_filter_t keep,
+                       void *keep_ctx, size_t max, fw_route_t **ret, size_t *ret_n) {
     if (!ret || !ret_n || (family != AF_INET && family != AF_INET6))
         return -EINVAL;
     req_t r;
     struct rtmsg rt = {.rtm_family = (unsigned char)family};
-    req_init(&r, RTM_GETROUTE, NLM_F_DUMP, &rt, sizeof rt);
+    struct ifaddrmsg ifa = {.ifa_family = (unsigned char)family};
+    if (type == RTM_GETROUTE)
+        req_init(&r, type, NLM_F_DUMP, &rt, sizeof rt);
+    else
+        req_init(&r, type, NLM_F_DUMP, &ifa, sizeof ifa);
     route_list_t l = {.family = family, .keep = keep, .keep_ctx = keep_ctx, .max = max};
-    int rr = talk(nl, &r, route_list_cb, &l);
+    int rr = talk(nl, &r, type == RTM_GETROUTE ? route_list_cb : addr_list_cb, &l);
     if (rr < 0) {
         free(l.v);
         return rr;
@@ -400,4 +448,14 @@ int fw_rtnl_route_list(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *
     *ret = l.v;
     *ret_n = l.n;
     return 0;
+}
+
+int fw_rtnl_route_list(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
+                       size_t max, fw_route_t **ret, size_t *ret_n) {
+    return dump_routes(nl, RTM_GETROUTE, family, keep, keep_ctx, max, ret, ret_n);
+}
+
+int fw_rtnl_addr_routes(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
+                        size_t max, fw_route_t **ret, size_t *ret_n) {
+    return dump_routes(nl, RTM_GETADDR, family, keep, keep_ctx, max, ret, ret_n);
 }

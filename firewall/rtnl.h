@@ -51,3 +51,10 @@ int fw_rtnl_veth_list(fw_rtnl_t *nl, const char *prefix, size_t max_links, char 
  * *ret_n of them. -E2BIG past max, -EAGAIN for a dump the kernel interrupted. */
 int fw_rtnl_route_list(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
                        size_t max, fw_route_t **ret, size_t *ret_n);
+
+/* The addresses of family on every link, as the on-link routes they stand for (their network,
+ * with the link's index; a point-to-point address also as a host route to itself), filtered
+ * and returned as fw_rtnl_route_list() does. An address on a link that is down has no route
+ * to its network, yet takes it once the link is up. */
+int fw_rtnl_addr_routes(fw_rtnl_t *nl, int family, fw_route_filter_t keep, void *keep_ctx,
+                        size_t max, fw_route_t **ret, size_t *ret_n);

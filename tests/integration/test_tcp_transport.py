@@ -284,6 +284,36 @@ def test_gateways_given_one_block_share_no_address(make_gateway):
     assert a.stop() == 0 and b.stop() == 0
 
 
+def test_links_avoid_addresses_on_links_that_are_down(make_gateway):
+    """An address on a link that is down has no route to its network yet (only the local
+    route to itself); the network is the host's all the same once the link comes up, so the
+    gateway leaves all of it alone, not only the span around the address."""
+    net4, net6 = pick_blocks()
+    blk4 = ipaddress.ip_network(net4)
+    lower, upper = blk4.subnets(new_prefix=25)
+    blk6 = ipaddress.ip_network(net6)
+    dev = f"kbt{random.randrange(16**6):06x}"
+    subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"],
+                   check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{lower[1]}/{lower.prefixlen}", "dev", dev], check=True)
+        routes = subprocess.run(["ip", "-4", "route", "show", "table", "all", "dev", dev],
+                                capture_output=True, text=True, check=True).stdout
+        assert str(lower) not in routes, routes  # down: no route to the network
+        # Two uids: the links' span (a few addresses) is far smaller than the link's network.
+        g = make_gateway(["--min-idle-workers", "1", "--worker-transport", "tcp",
+                          "--worker-net4", net4, "--worker-net6", net6, "--uid-count", "2"]).start()
+        u = uid()
+        out = run_json(g, LINK_PROBE, u)
+        assert ipaddress.ip_address(out["w4"]) in upper, out
+        assert ipaddress.ip_address(out["w6"]) in blk6, out
+        r = g.execute(u, "x = 6 * 7\nx")
+        assert r.status_code == 200 and r.json()["result_text"].strip() == "42", r.text
+        assert g.stop() == 0
+    finally:
+        subprocess.run(["ip", "link", "del", dev], check=False)
+
+
 def test_links_avoid_the_hosts_own_networks(make_gateway):
     """Addresses the host already uses inside the blocks (here a link's network on the
     first half of the /24) are left alone: the gateway takes the free half. A network over the
