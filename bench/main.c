@@ -222,6 +222,16 @@ static int cmd_run(int argc, char **argv) {
         bench_note("--users 1..5000, --requests >= 1, 0 <= --think-min <= --think-max");
         return 2;
     }
+    /* One scenario for every user: where a request's time goes without the mix's variance
+     * (how many users import numpy changes a run's CPU per request by a third). */
+    int only = -1;
+    for (int k = 0; v[R_SCENARIO] && k < SCEN_N; k++)
+        if (streq(v[R_SCENARIO], bench_scen_name((bench_scen_kind_t)k)))
+            only = k;
+    if (v[R_SCENARIO] && only < 0) {
+        bench_note("--scenario must be arithmetic, list or numpy");
+        return 2;
+    }
     /* The kernels start in their own directories: a relative path would not find the binary. */
     char kernel_host[PATH_MAX];
     if (v[R_KERNEL_HOST] && !realpath(v[R_KERNEL_HOST], kernel_host)) {
@@ -272,17 +282,6 @@ static int cmd_run(int argc, char **argv) {
     vuser_t *us = calloc((size_t)users, sizeof *us);
     if (!us)
         return 1;
-    /* One scenario for every user: where a request's time goes without the mix's variance
-     * (how many users import numpy changes a run's CPU per request by a third). */
-    int only = -1;
-    for (int k = 0; v[R_SCENARIO] && k < SCEN_N; k++)
-        if (streq(v[R_SCENARIO], bench_scen_name((bench_scen_kind_t)k)))
-            only = k;
-    if (v[R_SCENARIO] && only < 0) {
-        bench_note("--scenario must be arithmetic, list or numpy");
-        free(us);
-        return 2;
-    }
     int scen_count[SCEN_N] = {0};
     for (int i = 0; i < users; i++) {
         vuser_t *u = &us[i];

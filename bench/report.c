@@ -195,8 +195,8 @@ int bench_cmd_report(int argc, char **argv) {
             printf("  !!! %s\n", json_string_value(json_object_get(j, "text")));
     }
 
-    /* Every workload of the gateway ran once per kernel; 2-jupyter and 3 only with ipykernel,
-     * the reference, with which the like-for-like ratios are taken. */
+    /* Every workload ran once per kernel, 2-jupyter only with ipykernel: the reference, with
+     * which the like-for-like ratios are taken. */
     const char *kernels[MAX_KERNELS];
     size_t nk = kernels_of(all, kernels);
     const char *ref = nk ? kernels[0] : "";

@@ -351,7 +351,10 @@ static int zt_open(const bench_target_cfg_t *cfg, const char *user, void **ret, 
     int r = cfg->kernel_host ? kclient_execute(c->k, "", 120000, &warm) : 0;
     bool ok = r >= 0 && warm.status == 200 && !warm.error;
     if (cfg->kernel_host && !ok)
-        snprintf(err, errlen, "the native kernel did not run its first cell");
+        snprintf(err, errlen, "the native kernel did not run its first cell: %s",
+                 r < 0         ? strerror(-r)
+                 : warm.why[0] ? warm.why
+                               : "it reported an error");
     bench_reply_clear(&warm);
     if (cfg->kernel_host && !ok) {
         kclient_destroy(&c->k);

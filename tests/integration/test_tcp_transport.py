@@ -30,23 +30,38 @@ KPORT = 50000  # the kernel's first port in every worker (firewall.h defaults: 5
 UIDS = 64      # a /24 and a /120 both hold 64 links
 
 
-def pick_blocks():
-    """A /24 and a /120 that no route of the host's touches."""
+def host_networks4():
+    """The IPv4 networks the host's routes (every table) and addresses (on any link, up or
+    down: the gateway avoids both) take."""
+    out = []
     routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
                             text=True).stdout
+    for line in routes.splitlines():
+        words = line.split()
+        if words and words[0] in ("local", "broadcast", "unreachable", "blackhole", "prohibit"):
+            words = words[1:]
+        if words and words[0] != "default":
+            out.append(words[0])
+    addrs = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    for line in addrs.splitlines():
+        words = line.split()
+        if "inet" in words[:-1]:
+            out.append(words[words.index("inet") + 1])
+    nets = []
+    for dst in out:
+        try:
+            nets.append(ipaddress.ip_network(dst, strict=False))
+        except ValueError:
+            pass
+    return nets
+
+
+def pick_blocks():
+    """A /24 and a /120 that no route or address of the host's touches."""
+    taken = host_networks4()
     for _ in range(50):
         net4 = ipaddress.ip_network(f"10.254.{random.randrange(256)}.0/24")
-        taken = False
-        for line in routes.splitlines():
-            dst = line.split()[0] if line.split() else ""
-            if dst in ("default", "local", "broadcast") or "/" not in dst and not dst[:1].isdigit():
-                continue
-            try:
-                if ipaddress.ip_network(dst, strict=False).overlaps(net4):
-                    taken = True
-            except ValueError:
-                pass
-        if not taken:
+        if not any(n.overlaps(net4) for n in taken):
             net6 = ipaddress.ip_network(f"fd6b:6278:{random.randrange(65536):x}::/120")
             return str(net4), str(net6)
     raise AssertionError("no free 10.254.x.0/24 block on this host")
