@@ -30,23 +30,26 @@ KPORT = 50000  # the kernel's first port in every worker (firewall.h defaults: 5
 UIDS = 64      # a /24 and a /120 both hold 64 links
 
 
-def host_networks4():
-    """The IPv4 networks the host's routes (every table) and addresses (on any link, up or
-    down: the gateway avoids both) take."""
+def host_networks(family):
+    """The networks of one family ("-4" or "-6") the host's routes (every table) and
+    addresses (on any link, up or down: the gateway avoids both) take."""
     out = []
-    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
-                            text=True).stdout
+    routes = subprocess.run(["ip", family, "route", "show", "table", "all"],
+                            capture_output=True, text=True).stdout
     for line in routes.splitlines():
         words = line.split()
-        if words and words[0] in ("local", "broadcast", "unreachable", "blackhole", "prohibit"):
+        if words and words[0] in ("local", "broadcast", "anycast", "multicast", "unreachable",
+                                  "blackhole", "prohibit"):
             words = words[1:]
         if words and words[0] != "default":
             out.append(words[0])
-    addrs = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    inet = "inet" if family == "-4" else "inet6"
+    addrs = subprocess.run(["ip", "-o", family, "addr", "show"], capture_output=True,
+                           text=True).stdout
     for line in addrs.splitlines():
         words = line.split()
-        if "inet" in words[:-1]:
-            out.append(words[words.index("inet") + 1])
+        if inet in words[:-1]:
+            out.append(words[words.index(inet) + 1])
     nets = []
     for dst in out:
         try:
@@ -58,13 +61,14 @@ def host_networks4():
 
 def pick_blocks():
     """A /24 and a /120 that no route or address of the host's touches."""
-    taken = host_networks4()
+    taken4, taken6 = host_networks("-4"), host_networks("-6")
     for _ in range(50):
         net4 = ipaddress.ip_network(f"10.254.{random.randrange(256)}.0/24")
-        if not any(n.overlaps(net4) for n in taken):
-            net6 = ipaddress.ip_network(f"fd6b:6278:{random.randrange(65536):x}::/120")
+        net6 = ipaddress.ip_network(f"fd6b:6278:{random.randrange(65536):x}::/120")
+        if not any(n.overlaps(net4) for n in taken4) and \
+                not any(n.overlaps(net6) for n in taken6):
             return str(net4), str(net6)
-    raise AssertionError("no free 10.254.x.0/24 block on this host")
+    raise AssertionError("no free 10.254.x.0/24 and fd6b:6278:x::/120 blocks on this host")
 
 
 def tcp_args(net4, net6):
