@@ -176,13 +176,9 @@ static void handle_execute(gw_t *gw, http_conn_t *conn, const http_request_t *re
         created = true;
     }
     json_decref(body);
-    if (e->stream)
-        http_conn_stream_begin(conn, 200, "application/x-ndjson", NULL);
-    http_conn_set_user(conn, e);
-    int r = gw_session_submit(s, e);
+    /* Admitted before a streamed response begins: its 200 cannot become a 429 afterwards. */
+    int r = gw_session_admit(s, e);
     if (r < 0) {
-        http_conn_set_user(conn, NULL);
-        e->session = NULL;
         gw_exec_free(&e);
         gw->metrics.executions[OUTCOME_REJECTED]++;
         if (r == -EAGAIN)
@@ -192,7 +188,12 @@ static void handle_execute(gw_t *gw, http_conn_t *conn, const http_request_t *re
             respond_err(conn, 500, "internal error", strerror(-r));
         if (created)
             gw_session_release(s, 503, "internal error", NULL);
+        return;
     }
+    if (e->stream)
+        http_conn_stream_begin(conn, 200, "application/x-ndjson", NULL);
+    http_conn_set_user(conn, e);
+    gw_session_submit(s, e);
 }
 
 void gw_api_exec_event(gw_exec_t *e, json_t *event) {

@@ -222,8 +222,12 @@ int gw_session_new(gw_t *gw, const char *user_uuid, const char *kernel_name, gw_
 void gw_session_release(gw_session_t *s, int status, const char *error, const char *detail);
 /* Release for idleness: remembered (bounded) so the user's next call reports session_reset. */
 void gw_session_expire(gw_session_t *s);
-/* Queue an execution (takes ownership of exec). -EAGAIN when the queue is full. */
-int gw_session_submit(gw_session_t *s, gw_exec_t *exec);
+/* Checks that the session's queue has room for exec and prepares it; nothing is queued yet,
+ * so the caller can still answer an error (a streamed response cannot change its status once
+ * begun). -EAGAIN when the queue is full, -ENOMEM. */
+int gw_session_admit(gw_session_t *s, gw_exec_t *exec);
+/* Queues an admitted execution (takes ownership of exec) and starts it if the kernel is free. */
+void gw_session_submit(gw_session_t *s, gw_exec_t *exec);
 /* The HTTP client went away. */
 void gw_exec_client_gone(gw_exec_t *exec);
 void gw_exec_free(gw_exec_t **exec_p);

@@ -247,20 +247,22 @@ static void pump(gw_session_t *s) {
     e->timeout_timer = loop_timer_add(gw->loop, e->timeout_ms, 0, on_timeout, s);
 }
 
-int gw_session_submit(gw_session_t *s, gw_exec_t *e) {
+int gw_session_admit(gw_session_t *s, gw_exec_t *e) {
     if (s->nqueued >= s->gw->cfg.max_queue)
         return -EAGAIN;
+    if (!e->out && !(e->out = exec_out_new(s->gw->cfg.max_output_bytes)))
+        return -ENOMEM;
+    return 0;
+}
+
+void gw_session_submit(gw_session_t *s, gw_exec_t *e) {
     e->session = s;
     e->queued_us = now_mono_us();
-    e->out = exec_out_new(s->gw->cfg.max_output_bytes);
-    if (!e->out)
-        return -ENOMEM;
     TAILQ_INSERT_TAIL(&s->queue, e, link);
     s->nqueued++;
     s->last_activity_us = now_wall_us();
     s->last_activity_mono_ms = now_mono_ms();
     pump(s);
-    return 0;
 }
 
 void gw_exec_client_gone(gw_exec_t *e) {

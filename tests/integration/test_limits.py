@@ -1,5 +1,6 @@
 """Limits and lifecycle, each on a gateway configured for it."""
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -154,6 +155,31 @@ def test_queue_limit_429(make_gateway):
     # One runs, two queue, the rest are refused.
     assert codes.count(429) == 3, codes
     assert codes.count(200) == 3, codes
+
+
+def test_queue_limit_429_streamed(make_gateway):
+    """A streamed /execute refused for a full queue gets its 429 (a 200 stream begun before
+    the queue was checked could never say so, and hung)."""
+    import requests
+
+    g = make_gateway(["--min-idle-workers", "1", "--max-queue", "1"]).start()
+    u = uid()
+    g.execute(u, "import time")
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        running = ex.submit(g.execute, u, "time.sleep(3)")
+        time.sleep(0.5)
+        queued = ex.submit(g.execute, u, "1")
+        time.sleep(0.5)
+        r = requests.post(g.url + "/execute", json={"user_uuid": u, "code": "print(1)"},
+                          headers=g.headers(Accept="application/x-ndjson"), timeout=20)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "too many queued requests"
+        assert running.result().status_code == 200
+        assert queued.result().status_code == 200
+    r = requests.post(g.url + "/execute", json={"user_uuid": u, "code": "print(2)"},
+                      headers=g.headers(Accept="application/x-ndjson"), timeout=20)
+    assert r.status_code == 200
+    assert json.loads(r.text.splitlines()[-1])["stdout"] == "2\n"
 
 
 def test_pool_full_503_retry_after(make_gateway):
