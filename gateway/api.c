@@ -89,13 +89,16 @@ static json_t *parse_user_body(http_conn_t *conn, const http_request_t *req, cha
     }
     json_t *ju = json_object_get(body, "user_uuid");
     const char *user = NULL;
+    int qr = -ENOENT;
     if (json_is_string(ju))
         user = json_string_value(ju);
-    else if (!ju && http_query_param(req->query, "user_uuid", qbuf, qlen) >= 0)
+    else if (!ju && (qr = http_query_param(req->query, "user_uuid", qbuf, qlen)) >= 0)
         user = qbuf;
     const char *problem = NULL;
     if (ju && !json_is_string(ju))
         problem = "user_uuid must be a string";
+    else if (qr == -ENAMETOOLONG)
+        problem = "user_uuid must be 1-128 characters of letters, digits and -_.:@";
     else if (!user)
         problem = "user_uuid is required (in the body or as a query parameter)";
     else if (!valid_user_uuid(user))

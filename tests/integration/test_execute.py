@@ -56,6 +56,12 @@ def test_user_uuid_as_query_parameter(gw):
     r = requests.post(gw.url + "/execute?user_uuid=" + u, json={"code": "y = 7"}, headers=gw.headers())
     assert r.status_code == 200, r.text
     assert gw.execute(u, "print(y)").json()["stdout"] == "7\n"
+    # Too long says so (the parameter is there), whichever place it came in.
+    for url, body in ((gw.url + "/execute?user_uuid=" + "u" * 200, {"code": "1"}),
+                      (gw.url + "/execute", {"user_uuid": "u" * 200, "code": "1"})):
+        r = requests.post(url, json=body, headers=gw.headers())
+        assert r.status_code == 400, r.text
+        assert "1-128 characters" in r.json()["detail"], r.text
 
 
 def test_expression_result_and_text(gw):
