@@ -44,7 +44,8 @@ struct gw_worker {
     gw_worker_state_t state;
     gw_session_t *session; /* assigned session or NULL */
     bool launching;        /* the launcher job is on the work pool */
-    bool launched;         /* the launcher's start succeeded (cleanup needed) */
+    bool launched;         /* the launcher's start succeeded */
+    bool start_tried;      /* the launcher's start ran: its cleanup is needed, even if it failed */
     bool doomed;           /* destroy requested while the launcher was still running */
     int start_err;
 

@@ -27,6 +27,7 @@ typedef struct {
     pid_t pid; /* host pid of the process to watch (the container's init) */
     int pidfd; /* pidfd for pid, owned by the caller after start, -1 if none */
     char container_id[80];
+    char error[256]; /* after a failed start: what the runtime said, when it said more */
 } launcher_proc_t;
 
 typedef struct launcher launcher_t;
@@ -42,7 +43,8 @@ struct launcher {
     int (*interrupt)(launcher_t *self, const launcher_proc_t *proc);
     /* Non-blocking. SIGKILL everything of the worker. */
     int (*kill)(launcher_t *self, const launcher_proc_t *proc);
-    /* Blocking. After the process is gone: remove container state; idempotent. */
+    /* Blocking. After the process is gone, or after a start that failed: remove container
+     * state; idempotent. */
     int (*cleanup)(launcher_t *self, const launcher_proc_t *proc, const launcher_spec_t *spec);
     void (*destroy)(launcher_t *self);
     void *impl;

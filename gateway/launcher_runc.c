@@ -2,8 +2,9 @@
  * without a shell, in its own session (a ^C meant for the gateway never reaches a worker),
  * with stdio on /dev/null (a detached container inherits runc's stdio, so a pipe would be
  * held open by the kernel forever), every other fd closed, a clean signal state and a minimal
- * environment; runc's own errors go to runc.log in the bundle dir, which is kept after a
- * failed start for diagnosis until cleanup() removes it. Nothing here logs: the pool does. */
+ * environment; runc's own errors go to runc.log in the bundle dir, and the last of them is
+ * handed back with a failed start (cleanup() then removes the bundle: a start that keeps
+ * failing leaves nothing behind). Nothing here logs: the pool does. */
 #include "launcher_runc.h"
 
 #include "bundle.h"
@@ -299,6 +300,21 @@ static int read_pid_file(const char *path, pid_t *ret) {
     return 0;
 }
 
+/* The message of the last error runc logged (JSON lines: {"level":"error","msg":...}). */
+static void last_runc_error(const char *log_file, char *buf, size_t len) {
+    _cleanup_free_ char *text = NULL;
+    size_t n = 0;
+    if (read_file_bounded(log_file, 256 * 1024, &text, &n) < 0)
+        return;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        if (msg && streq(json_string_value(json_object_get(j, "level")), "error"))
+            snprintf(buf, len, "%s", msg);
+        json_decref(j);
+    }
+}
+
 static int runc_start(launcher_t *l, const launcher_spec_t *spec, launcher_proc_t *ret) {
     runc_t *self = (runc_t *)l;
     uint64_t t0 = now_mono_us();
@@ -363,6 +379,7 @@ static int runc_start(launcher_t *l, const launcher_spec_t *spec, launcher_proc_
                       "--pid-file",   pid_file, (char *)id,      NULL};
     r = run(self, create, NULL);
     if (r != 0) {
+        last_runc_error(log_file, ret->error, sizeof ret->error);
         (void)container_delete(self, id);
         return r < 0 ? r : -EIO;
     }
@@ -380,6 +397,7 @@ static int runc_start(launcher_t *l, const launcher_spec_t *spec, launcher_proc_
                      "--log-format", "json",   "start",         (char *)id, NULL};
     r = run(self, start, NULL);
     if (r != 0) {
+        last_runc_error(log_file, ret->error, sizeof ret->error);
         (void)container_delete(self, id);
         return r < 0 ? r : -EIO;
     }

@@ -619,6 +619,16 @@ void gw_session_release(gw_session_t *s, int status, const char *error, const ch
         s->disk_name[0] = '\0'; /* the worker's cleanup removes it: the owner is gone */
         gw_worker_destroy(w, "released");
     }
+    /* A replacement still starting with the session's disk (after a restart or a crash)
+     * goes too, and removes the disk once its launcher is done with it. */
+    gw_worker_t *next;
+    for (w = TAILQ_FIRST(&gw->workers); w; w = next) {
+        next = TAILQ_NEXT(w, link);
+        if (w->state == WORKER_STARTING && streq(w->reserved_for, s->kernel_id)) {
+            s->disk_name[0] = '\0';
+            gw_worker_destroy(w, "released while starting");
+        }
+    }
     log_info("session", "session released", "{s:s}", "kernel_id", s->kernel_id);
     session_free(s);
 }

@@ -161,6 +161,7 @@ static void launch_work(void *arg) {
     if (w->start_err < 0)
         return;
     uint64_t t0 = now_mono_us();
+    w->start_tried = true;
     w->start_err = gw->launcher->start(gw->launcher, &w->spec, &w->proc);
     if (w->start_err < 0)
         return;
@@ -548,8 +549,8 @@ static void launch_done(loop_t *loop, void *arg) {
     if (r >= 0)
         r = connect_channels(w);
     if (r < 0) {
-        log_error("worker", "worker start failed", "{s:s,s:s}", "worker", w->id, "error",
-                  strerror(-r));
+        log_error("worker", "worker start failed", "{s:s,s:s,s:s}", "worker", w->id, "error",
+                  strerror(-r), "detail", w->proc.error);
         worker_died(w, "start failed");
         return;
     }
@@ -657,7 +658,7 @@ fail:
 static void cleanup_work(void *arg) {
     gw_worker_t *w = arg;
     gw_t *gw = w->gw;
-    if (w->launched)
+    if (w->launched || w->start_tried)
         gw->launcher->cleanup(gw->launcher, &w->proc, &w->spec);
     gw_sandbox_release(w);
     rm_rf(w->run_dir);

@@ -181,9 +181,10 @@ def _tag(state_dir):
 def leftovers(state_dir):
     """Everything of a gateway's that could outlive it: processes, containers, loop devices,
     mounts, network namespaces, host veths (TCP transport), cgroups (every hierarchy), disk
-    images, per-worker run dirs (sockets, connection files). Empty lists when nothing is left."""
+    images, per-worker run dirs (sockets, connection files) and OCI bundles. Empty lists when
+    nothing is left."""
     out = {"processes": [], "containers": [], "loops": [], "mounts": [], "netns": [], "veths": [],
-           "cgroups": [], "images": [], "run_dirs": []}
+           "cgroups": [], "images": [], "run_dirs": [], "bundles": []}
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -215,7 +216,7 @@ def leftovers(state_dir):
     import glob
     out["cgroups"] = sorted(glob.glob(f"/sys/fs/cgroup/kbox-w{tag}") +
                             glob.glob(f"/sys/fs/cgroup/*/kbox-w{tag}"))
-    for sub, key in (("disks", "images"), ("run", "run_dirs")):
+    for sub, key in (("disks", "images"), ("run", "run_dirs"), ("bundles", "bundles")):
         d = os.path.join(state_dir, sub)
         if os.path.isdir(d):
             out[key] = sorted(os.listdir(d))
@@ -233,10 +234,13 @@ def live_resources(state_dir):
     parent = next((p for p in (f"/sys/fs/cgroup/memory/kbox-w{tag}", f"/sys/fs/cgroup/kbox-w{tag}")
                    if os.path.isdir(p)), None)
     cgroups = [c for c in os.listdir(parent) if os.path.isdir(os.path.join(parent, c))] if parent else []
-    return {"containers": len(left["containers"]), "loops": len(left["loops"]),
+    live = {"containers": len(left["containers"]), "loops": len(left["loops"]),
             "disk_mounts": len([m for m in left["mounts"] if m.startswith(mnt)]),
             "netns": len(left["netns"]), "images": len(left["images"]),
             "run_dirs": len(left["run_dirs"]), "cgroups": len(cgroups)}
+    if os.path.isdir(os.path.join(state_dir, "bundles")):  # runc's, one per live container
+        live["bundles"] = len(left["bundles"])
+    return live
 
 
 def no_leftovers(state_dir):

@@ -4,6 +4,10 @@ import concurrent.futures
 import shutil
 import signal
 import tempfile
+import threading
+import time
+
+import requests
 
 from conftest import live_resources, no_leftovers, uid
 
@@ -38,6 +42,37 @@ def test_200_workers_leave_nothing(make_gateway):
                       st["stopping_workers"] == 0 and st["idle_workers"] == 4)
         live = live_resources(state)
         assert live == dict.fromkeys(live, 4), live
+        assert g.stop(signal.SIGTERM) == 0
+        assert no_leftovers(state) == {}
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_release_during_a_restart_leaves_nothing(make_gateway):
+    """A session released while the replacement a restart asked for is still starting (with
+    the session's disk): the replacement goes with it, removes the disk once its launcher is
+    done, and no start fails. Before, the disk was removed under the launching worker, whose
+    start failed and left its OCI bundle behind."""
+    state = tempfile.mkdtemp(prefix="kbox-churn-")
+    try:
+        g = make_gateway(["--min-idle-workers", "1", "--worker-disk-mb", "16"],
+                         state_dir=state).start()
+        for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.6):
+            u = uid()
+            kid = g.execute(u, "1").json()["kernel_id"]
+            restart = threading.Thread(target=requests.post, kwargs=dict(
+                url=g.url + f"/api/kernels/{kid}/restart", headers=g.headers(), timeout=60))
+            restart.start()
+            time.sleep(delay)
+            assert g.release(u).status_code == 200
+            restart.join()
+        g.wait_status(lambda st: st["sessions"] == 0 and st["starting_workers"] == 0 and
+                      st["stopping_workers"] == 0 and st["idle_workers"] == 1)
+        with open(g.log_path) as f:
+            failed = [line for line in f if "worker start failed" in line]
+        assert failed == []
+        live = live_resources(state)
+        assert live == dict.fromkeys(live, 1), live
         assert g.stop(signal.SIGTERM) == 0
         assert no_leftovers(state) == {}
     finally:

@@ -100,13 +100,15 @@ static void cmd_start(launcher_t *l, json_t *cmd) {
     uint64_t total = now_mono_us() - t0;
     s->spec.netns_path = NULL;
     if (r < 0) {
-        /* Like the pool: a failed start is cleaned up (runc.log goes with it). */
+        /* Like the pool: what runc said is kept, then the failed start is cleaned up
+         * (runc.log goes with its bundle). */
+        char detail[sizeof s->proc.error];
+        snprintf(detail, sizeof detail, "%s", s->proc.error);
         l->cleanup(l, &s->proc, &s->spec);
         slot_free(s);
-        {
-            reply_err(r);
-            return;
-        }
+        reply(json_pack("{s:b, s:i, s:s, s:s}", "ok", 0, "errno", -r, "error", strerror(-r),
+                        "detail", detail));
+        return;
     }
     reply(json_pack("{s:b, s:i, s:s, s:I, s:I, s:I, s:I}", "ok", 1, "pid", (int)s->proc.pid,
                     "container_id", s->proc.container_id, "bundle_us",

@@ -616,6 +616,32 @@ def test_kill_cleanup_and_sweep(env):
             a.stop()
 
 
+def test_failed_start_says_why_and_leaves_nothing(env):
+    """A start runc refuses (here: the worker's disk is not there, as when a session's disk
+    was removed under its next worker) reports runc's own error and leaves no container,
+    bundle or cgroup behind."""
+    wid = "w" + secrets.token_hex(8)
+    run_dir = f"{env.state}/run/{wid}"
+    os.mkdir(run_dir, 0o700)
+    with open(f"{run_dir}/kernel.json", "w") as f:
+        json.dump(dict(transport="ipc", ip="/run/kbox/k", shell_port=1, iopub_port=2,
+                       stdin_port=3, control_port=4, hb_port=5, key=secrets.token_hex(32),
+                       signature_scheme="hmac-sha256", kernel_name=""), f)
+    before = cgroup_dirs()
+    try:
+        r = env.driver.cmd(cmd="start", worker_id=wid, run_dir=run_dir,
+                           conn_file=f"{run_dir}/kernel.json", uid=UID_BASE + 5, cpu=1.0,
+                           ram_mb=256, pids_max=64, disk_mount=f"{env.state}/disks/gone",
+                           netns_path=None)
+        assert not r["ok"], r
+        assert "/sandbox" in r["detail"] and "disks/gone" in r["detail"], r
+        assert wid not in runc_ids(env.state)
+        assert not os.path.exists(f"{env.state}/bundles/{wid}")
+        assert cgroup_dirs() == before
+    finally:
+        shutil.rmtree(run_dir)
+
+
 def bare_kernel_start(tmp):
     """Time from spawn to kernel_info_reply for ipykernel with no container at all."""
     conn = dict(transport="ipc", ip=f"{tmp}/k", shell_port=1, iopub_port=2, stdin_port=3,
