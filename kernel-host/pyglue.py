@@ -12,6 +12,7 @@ It never speaks the protocol itself and never serializes JSON.
 import builtins
 import os
 import re
+import signal
 import sys
 
 import _kbox
@@ -511,6 +512,11 @@ def init():
 def run(code, silent, store_history):
     """Runs one cell. Returns (execution_count, payload) on success, or
     (execution_count, payload, ename, evalue, traceback) on error."""
+    # A handler a previous cell set for SIGINT (SIG_IGN would make every later cell
+    # uninterruptible, SIG_DFL would let an interrupt kill the kernel) is replaced before each
+    # cell by Python's own, as ipykernel does, so an interrupt is a KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     res = shell.run_cell(code, store_history=store_history, silent=silent)
     count = shell.execution_count - 1
     pm = shell.payload_manager

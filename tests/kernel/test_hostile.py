@@ -185,9 +185,23 @@ def test_output_flood_is_bounded(k):
     assert alive(k)
 
 
-def test_signal_ignored_sigint_then_control_shutdown(fresh):
-    fresh.execute("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)")
-    fresh.kc.execute("import time; time.sleep(60)")
+@pytest.mark.parametrize("handler", ["SIG_IGN", "SIG_DFL"])
+def test_sigint_handler_of_a_previous_cell_is_replaced(fresh, handler):
+    # As ipykernel: Python's handler is back before each cell, so an interrupt is a
+    # KeyboardInterrupt (SIG_IGN made every later cell uninterruptible; SIG_DFL let an
+    # interrupt kill the kernel).
+    fresh.execute(f"import signal; signal.signal(signal.SIGINT, signal.{handler})")
+    t0 = time.time()
+    msg_id = fresh.kc.execute("import time; time.sleep(30)")
+    time.sleep(0.5)
+    fresh.km.interrupt_kernel()
+    reply, out = fresh.collect(msg_id, timeout=10)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert time.time() - t0 < 5
+    assert alive(fresh)
+    # Set inside the running cell, SIG_IGN holds for that cell: control still ends it.
+    fresh.kc.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                     "time.sleep(60)")
     time.sleep(0.3)
     fresh.km.interrupt_kernel()
     assert fresh.kc.hb_channel.is_beating()
