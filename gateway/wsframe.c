@@ -32,7 +32,8 @@ static int finish(jwire_channel_t ch, json_t *header, json_t *parent, json_t *me
                   json_t *content, zmsg_t **buffers, jwire_channel_t *ret_ch,
                   jwire_msg_t **ret_msg) {
     int r = -EBADMSG;
-    if (!header || !json_is_string(json_object_get(header, "msg_id")) ||
+    const json_t *id = json_object_get(header, "msg_id");
+    if (!header || !json_is_string(id) || json_string_length(id) > WSFRAME_MAX_MSG_ID ||
         !json_is_string(json_object_get(header, "msg_type")))
         goto out;
     jwire_msg_t *m = calloc(1, sizeof *m);

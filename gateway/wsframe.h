@@ -18,9 +18,13 @@
 
 typedef enum { WSFRAME_LEGACY = 0, WSFRAME_V1 = 1 } wsframe_proto_t;
 
+/* Clients' ids are UUIDs, some with a session and a counter appended (~80 bytes). */
+#define WSFRAME_MAX_MSG_ID 1024
+
 /* Decode a client frame. ret_ch is shell, control or stdin (anything else: -EBADMSG); the
  * message has header, parent_header, metadata, content objects and its buffers; ids empty.
- * Header must carry string msg_id and msg_type. -EBADMSG on any malformation. Legacy: a text
+ * Header must carry string msg_id (at most WSFRAME_MAX_MSG_ID bytes: the gateway keeps it
+ * until the reply comes) and msg_type. -EBADMSG on any malformation. Legacy: a text
  * frame that starts with a NUL byte is read as the binary form (jupyter_server 1.23's gateway
  * proxy sends binary messages upstream as text frames). */
 int wsframe_decode(wsframe_proto_t proto, bool binary, const void *data, size_t len,

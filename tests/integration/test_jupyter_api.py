@@ -466,6 +466,8 @@ BAD_FRAMES = [
                  "parent_header": {}, "metadata": {}, "content": {}}), False),
     (json.dumps({"channel": "shell", "header": {"msg_type": "execute_request"},
                  "parent_header": {}, "metadata": {}, "content": {}}), False),  # no msg_id
+    (json.dumps({"channel": "shell", "header": {"msg_id": "x" * 1025, "msg_type": "bogus"},
+                 "parent_header": {}, "metadata": {}, "content": {}}), False),  # kept: bounded
     (json.dumps({"channel": "shell", "header": {"msg_id": "x", "msg_type": "execute_request"},
                  "parent_header": {}, "metadata": {}, "content": "code"}), False),
     ("\xff\xfe" + "{}", False),

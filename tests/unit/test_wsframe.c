@@ -139,6 +139,27 @@ static void test_rejects(void **state) {
     assert_int_equal(wsframe_decode(WSFRAME_LEGACY, false, t, strlen(t), &ch, &m), 0);
     assert_true(json_is_object(m->content));
     jwire_msg_destroy(&m);
+    /* msg_id: the gateway keeps it until the reply, so it is bounded (at the bound: fine). */
+    for (size_t n = WSFRAME_MAX_MSG_ID; n <= WSFRAME_MAX_MSG_ID + 1; n++) {
+        char *id = malloc(n + 1), *f = malloc(n + 64);
+        assert_non_null(id);
+        assert_non_null(f);
+        memset(id, 'i', n);
+        id[n] = '\0';
+        int len = snprintf(f, n + 64,
+                           "{\"channel\":\"shell\",\"header\":{\"msg_id\":\"%s\","
+                           "\"msg_type\":\"x\"}}",
+                           id);
+        if (n > WSFRAME_MAX_MSG_ID) {
+            expect_bad(WSFRAME_LEGACY, false, f, (size_t)len);
+        } else {
+            assert_int_equal(wsframe_decode(WSFRAME_LEGACY, false, f, (size_t)len, &ch, &m), 0);
+            assert_int_equal(strlen(jwire_msg_id(m)), n);
+            jwire_msg_destroy(&m);
+        }
+        free(id);
+        free(f);
+    }
 }
 
 int main(void) {
