@@ -114,6 +114,23 @@ def _make_shell():
             # Only a saving thread (which we do not run) would drain this cache.
             self.db_input_cache.clear()
 
+        def new_session(self, conn=None):
+            # No database to number sessions: this kernel's is SESSION, as history_request
+            # reports it (%history -g then prints this session's lines without a prefix).
+            self.session_number = SESSION
+
+        # IPython answers these from its database (%history -l, -g and code calling them);
+        # ours is this session in memory, the same one history_request reads.
+        def get_tail(self, n=10, raw=True, output=False, include_latest=False):
+            rows = history("tail", output=output, raw=raw, n=n if include_latest else n + 1)
+            rows = rows["history"]
+            return iter(rows if include_latest else rows[:-1])
+
+        def search(self, pattern="*", raw=True, search_raw=True, output=False, n=None,
+                   unique=False):
+            return iter(history("search", output=output, raw=raw, pattern=pattern, n=n,
+                                unique=unique, search_raw=search_raw)["history"])
+
     class ZMQInteractiveShell(InteractiveShell):
         """IPython's shell as ipykernel configures it.
 
@@ -582,7 +599,7 @@ def is_complete(code):
 
 
 def history(hist_access_type=None, output=False, raw=True, session=0, start=0, stop=None,
-            n=None, pattern=None, unique=False, **_):
+            n=None, pattern=None, unique=False, search_raw=True, **_):
     """tail, range and search over this kernel's in-memory history (IPython's semantics;
     there are no earlier sessions)."""
     import fnmatch
@@ -614,7 +631,7 @@ def history(hist_access_type=None, output=False, raw=True, session=0, start=0, s
             lines = range(max(0, start), stop)
     elif hist_access_type == "search":
         pattern = "*" if pattern is None else pattern
-        search = hm.input_hist_raw
+        search = hm.input_hist_raw if search_raw else hm.input_hist_parsed
         found, seen = [], set()
         for i in range(count - 1, 0, -1):
             if not fnmatch.fnmatchcase(search[i], pattern):

@@ -262,6 +262,30 @@ def test_history_in_memory(k):
     assert [h[2] for h in reply["content"]["history"]] == ["hist_marker = 1"]
 
 
+def test_history_magics_and_api_from_memory():
+    """%history -l and -g, and the history manager's get_tail and search, read the in-memory
+    history as ipykernel's read its database (they returned nothing before)."""
+    kern = Kernel()
+    try:
+        kern.execute("a = 1")
+        kern.execute("b = 2")
+        reply, out = kern.execute("%history -l 2")
+        assert stream_text(out) == "a = 1\nb = 2\n", out
+        reply, out = kern.execute("%history -g a =")
+        assert stream_text(out) == "   1: a = 1\n   4: %history -g a =\n", out
+        reply, out = kern.execute("hm = get_ipython().history_manager\n"
+                                  "print(list(hm.get_tail(2, include_latest=True)))\n"
+                                  "print(list(hm.search('b*')))\n"
+                                  "print(list(hm.search('a*', n=1, output=True)))")
+        lines = stream_text(out).splitlines()
+        assert lines[0].startswith("[(") and "'%history -g a ='" in lines[0], lines
+        assert "hm = get_ipython()" in lines[0], lines
+        assert lines[1].endswith(", 2, 'b = 2')]"), lines
+        assert lines[2].endswith(", 1, ('a = 1', None))]"), lines
+    finally:
+        kern.close()
+
+
 def test_completer_made_on_first_use():
     """jedi is not imported until something needs the completer; %config then lists it
     (ipykernel shows `IPCompleter(Completer) options`), and completion works as before."""
