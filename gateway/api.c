@@ -97,11 +97,9 @@ static json_t *parse_user_body(http_conn_t *conn, const http_request_t *req, cha
     const char *problem = NULL;
     if (ju && !json_is_string(ju))
         problem = "user_uuid must be a string";
-    else if (qr == -ENAMETOOLONG)
-        problem = "user_uuid must be 1-128 characters of letters, digits and -_.:@";
-    else if (!user)
+    else if (!user && qr != -ENAMETOOLONG)
         problem = "user_uuid is required (in the body or as a query parameter)";
-    else if (!valid_user_uuid(user))
+    else if (!user || !valid_user_uuid(user)) /* too long for qbuf, or not one of ours */
         problem = "user_uuid must be 1-128 characters of letters, digits and -_.:@";
     if (problem) {
         json_decref(body);
