@@ -883,6 +883,8 @@ static void io_take_over(kio_t *io) {
     bool take = atomic_load(&io->owner) == OWNER_PY &&
                 (atomic_load(&io->in_request) || atomic_load(&io->need_io));
     if (take) {
+        if (atomic_load(&io->in_request))
+            kpy_flusher_kick();
         atomic_store(&io->owner, OWNER_IO);
         atomic_store(&io->need_io, false);
         static const loop_zmq_fn fns[JWIRE_NCHANNELS] = {on_shell, NULL, on_stdin, on_control,

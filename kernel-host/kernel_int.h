@@ -132,6 +132,10 @@ void kio_py_need_io(kshared_t *sh);
 /* Shutdown after the atexit handlers: sends what is queued, closes, exits 0. */
 _Noreturn void kio_py_exit(kshared_t *sh);
 
+/* Any thread: a cell has run past the takeover delay, so the Python side flushes partial
+ * lines of output periodically while it runs (pyshell.c, the flusher). */
+void kpy_flusher_kick(void);
+
 /* Py_GetVersion(), callable before Python is initialized. */
 const char *kpy_version(void);
 

@@ -29,10 +29,13 @@
 #include "log.h"
 #include "util.h"
 
+#include <fcntl.h>
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <sodium.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -42,6 +45,7 @@
 #define ARENA_SIZE    ((size_t)1 << 20)
 #define ARENA_CHUNK   ((size_t)32 << 20)
 #define INPUT_POLL_MS 50
+#define FLUSH_MS      200 /* a partial line waits at most this long (ipykernel's interval) */
 
 static kshared_t *S;
 static volatile bool forked; /* set in a child of os.fork(): never touch the queues there */
@@ -319,6 +323,106 @@ static void flush_std_ex(bool rearm) {
 
 static void flush_std(void) {
     flush_std_ex(false);
+}
+
+/* ---- the flusher ---------------------------------------------------------------------------
+ *
+ * sys.stdout and sys.stderr are line-buffered: a partial line (`print(i, end=" ")`, a
+ * progress bar) stays in Python's buffer until a newline, the cell's end or the next message.
+ * ipykernel flushes its streams every 0.2 s from its I/O thread; ours is this thread, which
+ * takes the GIL every FLUSH_MS while it has a reason to: a cell that runs longer than the
+ * takeover delay (kernel.c kicks it when the I/O thread takes the sockets), or threads of the
+ * user's that may still print after their cell ended. Short cells never wake it. It flushes
+ * the streams the kernel made (user code's replacements of sys.stdout are its own business),
+ * and has every signal blocked, so SIGINT still lands on the Python thread. It never flushes
+ * into a pipe without room for what a stream can hold: blocked in write() (iopub
+ * back-pressure) it would hold the stream's lock, and the Python thread's next print would
+ * wait for it where an interrupt cannot reach. */
+#define FLUSH_ROOM ((size_t)64 * 1024) /* > a TextIOWrapper's + a BufferedWriter's buffers */
+
+static int flush_efd = -1;
+static atomic_bool cell_running;
+static PyThreadState *main_ts;
+static PyObject *std_streams[2]; /* sys.stdout and sys.stderr as the kernel set them up */
+static size_t pipe_size[2];
+
+/* Whether the pipe behind fd 1 or 2 has room for a flush. */
+static bool pipe_room(int i) {
+    int queued = 0;
+    return ioctl(S->out_w[i], FIONREAD, &queued) == 0 && queued >= 0 &&
+           pipe_size[i] >= (size_t)queued + FLUSH_ROOM;
+}
+
+/* Python threads besides the main one and the caller: the user's. */
+static bool user_threads(void) {
+    PyThreadState *self = PyThreadState_Get();
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(self)); t;
+         t = PyThreadState_Next(t))
+        if (t != self && t != main_ts)
+            return true;
+    return false;
+}
+
+void kpy_flusher_kick(void) {
+    if (flush_efd >= 0 && !forked)
+        (void)!eventfd_write(flush_efd, 1);
+}
+
+static void *flusher_main(void *arg) {
+    (void)arg;
+    struct pollfd p = {.fd = flush_efd, .events = POLLIN};
+    eventfd_t n;
+    for (;;) {
+        if (poll(&p, 1, -1) < 0)
+            continue; /* EINTR cannot happen (signals blocked); nothing else is transient */
+        (void)eventfd_read(flush_efd, &n);
+        bool more = true;
+        while (more) {
+            if (poll(&p, 1, FLUSH_MS) > 0)
+                (void)eventfd_read(flush_efd, &n);
+            PyGILState_STATE g = PyGILState_Ensure();
+            for (int i = 0; i < 2; i++) {
+                PyObject *r = std_streams[i] && pipe_room(i)
+                                  ? PyObject_CallMethodNoArgs(std_streams[i], s_flush)
+                                  : NULL;
+                Py_XDECREF(r);
+            }
+            PyErr_Clear();
+            more = atomic_load(&cell_running) || user_threads();
+            PyGILState_Release(g);
+        }
+    }
+    return NULL;
+}
+
+/* Called once Python is up, with the GIL. A kernel without it still works (output then
+ * waits for a newline or the cell's end), so failing to start it is only logged. */
+static void flusher_start(void) {
+    main_ts = PyThreadState_Get();
+    std_streams[0] = PySys_GetObject("stdout"); /* borrowed; kept alive below */
+    std_streams[1] = PySys_GetObject("stderr");
+    Py_XINCREF(std_streams[0]);
+    Py_XINCREF(std_streams[1]);
+    for (int i = 0; i < 2; i++) {
+        int n = fcntl(S->out_w[i], F_GETPIPE_SZ);
+        pipe_size[i] = n > 0 ? (size_t)n : 0; /* unknown: never flushed from here */
+    }
+    flush_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t tid = 0;
+    int r = flush_efd < 0 ? -errno : -pthread_create(&tid, NULL, flusher_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r < 0) {
+        klog(LOG_LVL_WARN, "no output flusher: partial lines wait for a newline", "{s:s}", "error",
+             strerror(-r));
+        if (flush_efd >= 0)
+            close(flush_efd);
+        flush_efd = -1;
+        return;
+    }
+    pthread_detach(tid);
 }
 
 /* Queues an item for the I/O thread. Called with the GIL; waits for room with it released. */
@@ -668,10 +772,14 @@ static void do_execute(const kreq_t *r) {
     PyObject *code = PyUnicode_DecodeUTF8(e.code, (Py_ssize_t)e.code_len, "replace");
     PyObject *res = NULL;
     cur.allow_stdin = e.allow_stdin;
+    atomic_store(&cell_running, true);
     if (code)
         res = PyObject_CallFunctionObjArgs(g_run, code, e.silent ? Py_True : Py_False,
                                            e.store_history ? Py_True : Py_False, NULL);
+    atomic_store(&cell_running, false);
     cur.allow_stdin = false;
+    if (user_threads())
+        kpy_flusher_kick(); /* they may print after the cell, without a newline */
     Py_XDECREF(code);
 
     json_t *content;
@@ -977,6 +1085,7 @@ int kpy_run(kshared_t *sh) {
         !(g_comm_info = glue_fn("comm_info")))
         return -EIO;
     flush_std();
+    flusher_start();
     /* Start-up garbage (import machinery, IPython's configuration) goes back to the OS: an
      * idle kernel's RSS is what a host full of sessions pays for. */
     PyGC_Collect();

@@ -210,6 +210,35 @@ def test_sigint_handler_of_a_previous_cell_is_replaced(fresh, handler):
     assert fresh.wait_dead(10) == 0
 
 
+def test_partial_lines_flow_while_the_cell_runs(k):
+    """Output without a newline reaches iopub while the cell runs (flushed every 0.2 s, as
+    ipykernel does), not at the cell's end."""
+    code = ("import sys, time\nfor i in range(3):\n    print(i, end=' ')\n    time.sleep(0.6)\n"
+            "sys.stderr.write('E')\ntime.sleep(0.6)")
+    t0 = time.time()
+    reply, out = k.execute(code)
+    end = time.time() - t0
+    streams = [(m["received"] - t0, m["content"]["name"], m["content"]["text"])
+               for m in out if m["msg_type"] == "stream"]
+    assert "".join(x for _, n, x in streams if n == "stdout") == "0 1 2 ", streams
+    assert "".join(x for _, n, x in streams if n == "stderr") == "E", streams
+    first = next(t for t, n, x in streams if "0" in x)
+    err = next(t for t, n, x in streams if n == "stderr")
+    assert first < 1.0 and end > 2.2, (first, end, streams)
+    assert err < end - 0.2, (err, end, streams)
+
+
+def test_partial_line_of_a_thread_after_idle(k):
+    code = ("import threading, time\ndef late():\n    time.sleep(0.5)\n"
+            "    print('late-nonl', end='')\nthreading.Thread(target=late).start()")
+    msg_id = k.kc.execute(code)
+    k.collect(msg_id)
+    m = k.iopub_until(lambda m: m["msg_type"] == "stream" and "late-nonl" in m["content"]["text"],
+                      timeout=5)
+    assert m is not None, "a thread's partial line waited for the next cell"
+    assert m["parent_header"]["msg_id"] == msg_id
+
+
 def test_many_threads_printing_after_idle(k):
     code = ("import threading, time\n"
             "def w(i):\n    time.sleep(0.2)\n    print('thread', i)\n"
