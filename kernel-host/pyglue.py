@@ -414,6 +414,97 @@ def comm_info(target_name=None):
 _FIRST_WORD = re.compile(r"(\s*)([,;/%]|!!?|\?\??)?\s*(%{0,2}[\w\.\*]*)").match
 
 
+def _kernel_magics(shell):
+    """The magics ipykernel changes or adds for a kernel without a terminal: %edit sends an
+    `edit_magic` payload (the frontend opens the file; IPython's own runs $EDITOR), %less,
+    %more and %man page their text, %clear clears, %autosave sets a notebook's interval.
+    %connect_info and %qtconsole say why they cannot work here (the kernel host owns the
+    connection, and nothing graphical runs in a sandbox)."""
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, line_magic, magics_class
+    from IPython.core.magics.code import CodeMagics, InteractivelyDefined, MacroToEdit
+
+    @magics_class
+    class KernelMagics(Magics):
+        @line_magic
+        def edit(self, parameter_s="", last_call=None):
+            """Opens a file, an object's source or history lines in the frontend's editor."""
+            last_call = last_call or ["", ""]
+            opts, args = self.parse_options(parameter_s, "prn:")
+            find = CodeMagics._find_edit_target
+            try:
+                try:
+                    filename, lineno, _ = find(self.shell, args, opts, last_call)
+                except InteractivelyDefined as e:
+                    # Defined in a cell, which has no file here: that input, as IPython's
+                    # own %edit does.
+                    print("Editing In[%i]" % e.index)
+                    filename, lineno, _ = find(self.shell, str(e.index), opts, last_call)
+            except MacroToEdit:
+                print("Macro editing not yet implemented in 2-process model.")
+                return
+            self.shell.payload_manager.write_payload(
+                {"source": "edit_magic", "filename": os.path.abspath(filename),
+                 "line_number": lineno})
+
+        @line_magic
+        def clear(self, arg_s):
+            """Clears the terminal."""
+            self.shell.system("clear")
+
+        @line_magic
+        def less(self, arg_s):
+            """Shows a file through the pager (.py files highlighted)."""
+            from IPython.core import page
+            from IPython.utils import openpy
+
+            if not arg_s:
+                raise UsageError("Missing filename.")
+            if arg_s.endswith(".py"):
+                text = self.shell.pycolorize(openpy.read_py_file(arg_s,
+                                                                 skip_encoding_cookie=False))
+            else:
+                with open(arg_s) as f:
+                    text = f.read()
+            page.page(text)
+
+        more = line_magic("more")(less)
+
+        @line_magic
+        def man(self, arg_s):
+            """Shows a man page through the pager."""
+            from IPython.core import page
+
+            page.page(self.shell.getoutput("man %s | col -b" % arg_s, split=False))
+
+        @line_magic
+        def autosave(self, arg_s):
+            """Sets the notebook's autosave interval, in seconds (0 disables it)."""
+            from IPython.display import Javascript, display
+
+            try:
+                interval = int(arg_s)
+            except ValueError as e:
+                raise UsageError("%%autosave requires an integer, got %r" % arg_s) from e
+            display(Javascript("IPython.notebook.set_autosave_interval(%i)" % (1000 * interval)),
+                    include=["application/javascript"])
+            print("Autosaving every %i seconds" % interval if interval else "Autosave disabled")
+
+        @line_magic
+        def connect_info(self, arg_s):
+            """Not available: the kernel host owns this kernel's connection."""
+            raise UsageError("%connect_info is not available: this kernel's connection is "
+                             "managed by its kernel host; connect through its gateway")
+
+        @line_magic
+        def qtconsole(self, arg_s):
+            """Not available: nothing graphical runs beside this kernel."""
+            raise UsageError("%qtconsole is not available in this kernel")
+
+    shell.register_magics(KernelMagics)
+    shell.magics_manager.register_alias("ed", "edit")
+
+
 def first_word(line):
     """The `ifun` IPython's prefilter sees in a line without line breaks."""
     return _FIRST_WORD(line).group(3).strip()
@@ -515,6 +606,7 @@ def init():
     shell = _make_shell()
     shell.kernel = kernel
     kernel.shell = shell
+    _kernel_magics(shell)
     _install_fast_paths(shell)
     if "" not in sys.path:
         sys.path.insert(0, "")  # import from the working directory, as ipykernel does

@@ -391,3 +391,29 @@ def test_await_at_top_level(k):
     reply, out = k.execute("import asyncio\nawait asyncio.sleep(0.01)\n'awaited'")
     assert reply["status"] == "ok"
     assert result(out)["data"]["text/plain"] == "'awaited'"
+
+
+def test_kernel_magics_as_ipykernel(k, tmp_path):
+    """The magics ipykernel adds or changes for a kernel without a terminal (they were
+    missing, or %edit failed looking for $EDITOR)."""
+    f = tmp_path / "notes.txt"
+    f.write_text("some notes\n")
+    reply, out = k.execute(f"%edit -n 3 {f}")
+    assert reply["status"] == "ok", reply
+    assert reply["payload"] == [{"source": "edit_magic", "filename": str(f), "line_number": "3"}]
+    k.execute("def edited():\n    return 1")
+    reply, out = k.execute("%ed edited")
+    assert reply["status"] == "ok" and reply["payload"][0]["source"] == "edit_magic", reply
+    assert stream_text(out).startswith("Editing In["), out
+    for magic in ("less", "more"):
+        reply, out = k.execute(f"%{magic} {f}")
+        assert reply["payload"][0]["source"] == "page", reply
+        assert reply["payload"][0]["data"]["text/plain"] == "some notes\n"
+    reply, out = k.execute("%autosave 30")
+    assert stream_text(out) == "Autosaving every 30 seconds\n", out
+    js = [m["content"]["data"] for m in out if m["msg_type"] == "display_data"]
+    assert js == [{"application/javascript": "IPython.notebook.set_autosave_interval(30000)"}]
+    for magic in ("qtconsole", "connect_info"):
+        reply, out = k.execute(f"%{magic}")
+        assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
+        assert "is not available" in reply["evalue"], reply
