@@ -661,6 +661,7 @@ size_t http_conn_outbuf_len(const http_conn_t *c) {
 static void conn_fail(http_conn_t *c, int status, const char *detail) {
     const char *error = status == 413   ? "payload_too_large"
                         : status == 431 ? "headers_too_large"
+                        : status == 501 ? "not_implemented"
                         : status >= 500 ? "internal_error"
                                         : "bad_request";
     c->in_message = false;
@@ -781,6 +782,11 @@ static int on_headers_complete(http_parser *p) {
         if (h->name_len == 6 && memcmp(c->arena + h->name, "expect", 6) == 0 &&
             strcasecmp(c->arena + h->value, "100-continue") == 0)
             expect = true;
+        /* chunked is the only transfer coding we decode (http-parser takes any list that
+         * ends with it, and would hand us, say, gzip bytes as the body). */
+        if (h->name_len == 17 && memcmp(c->arena + h->name, "transfer-encoding", 17) == 0 &&
+            strcasecmp(c->arena + h->value, "chunked") != 0)
+            return cb_fail(c, 501, "unsupported transfer coding (only chunked is)");
     }
 
     bool chunked = p->flags & F_CHUNKED;
