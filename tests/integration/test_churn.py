@@ -12,6 +12,17 @@ import requests
 from conftest import live_resources, no_leftovers, uid
 
 
+def settled_then_nothing_left(g, state, idle):
+    """Before SIGTERM (whose own sweep would hide a leak): with the pool settled, exactly the
+    idle workers' resources exist; after it, nothing of the gateway's."""
+    g.wait_status(lambda st: st["sessions"] == 0 and st["starting_workers"] == 0 and
+                  st["stopping_workers"] == 0 and st["idle_workers"] == idle)
+    live = live_resources(state)
+    assert live == dict.fromkeys(live, idle), live
+    assert g.stop(signal.SIGTERM) == 0
+    assert no_leftovers(state) == {}
+
+
 def test_200_workers_leave_nothing(make_gateway):
     state = tempfile.mkdtemp(prefix="kbox-churn-")
     try:
@@ -36,14 +47,8 @@ def test_200_workers_leave_nothing(make_gateway):
         started = [s.value for f in text_string_to_metric_families(m) for s in f.samples
                    if s.name == "kbox_workers_started_total"]
         assert started and started[0] >= 200, started
-        # Before SIGTERM (whose own sweep would hide a leak): with the pool settled, exactly
-        # the idle workers' resources exist; the 200 released ones left nothing.
-        g.wait_status(lambda st: st["sessions"] == 0 and st["starting_workers"] == 0 and
-                      st["stopping_workers"] == 0 and st["idle_workers"] == 4)
-        live = live_resources(state)
-        assert live == dict.fromkeys(live, 4), live
-        assert g.stop(signal.SIGTERM) == 0
-        assert no_leftovers(state) == {}
+        # The 200 released workers left nothing.
+        settled_then_nothing_left(g, state, idle=4)
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
@@ -66,14 +71,9 @@ def test_release_during_a_restart_leaves_nothing(make_gateway):
             time.sleep(delay)
             assert g.release(u).status_code == 200
             restart.join()
-        g.wait_status(lambda st: st["sessions"] == 0 and st["starting_workers"] == 0 and
-                      st["stopping_workers"] == 0 and st["idle_workers"] == 1)
+        settled_then_nothing_left(g, state, idle=1)
         with open(g.log_path) as f:
             failed = [line for line in f if "worker start failed" in line]
         assert failed == []
-        live = live_resources(state)
-        assert live == dict.fromkeys(live, 1), live
-        assert g.stop(signal.SIGTERM) == 0
-        assert no_leftovers(state) == {}
     finally:
         shutil.rmtree(state, ignore_errors=True)
