@@ -300,13 +300,15 @@ static int read_pid_file(const char *path, pid_t *ret) {
     return 0;
 }
 
-/* The message of the last error runc logged (JSON lines: {"level":"error","msg":...}). */
+/* The message of the last error runc logged (JSON lines: {"level":"error","msg":...}).
+ * Starts run on the work pool's threads at once: strtok_r, not strtok. */
 static void last_runc_error(const char *log_file, char *buf, size_t len) {
     _cleanup_free_ char *text = NULL;
     size_t n = 0;
     if (read_file_bounded(log_file, 256 * 1024, &text, &n) < 0)
         return;
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_t *j = json_loads(line, 0, NULL);
         const char *msg = json_string_value(json_object_get(j, "msg"));
         if (msg && streq(json_string_value(json_object_get(j, "level")), "error"))
