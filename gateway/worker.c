@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #define NUDGE_MS         200
@@ -109,8 +110,23 @@ static int tcp_listening(const char *addr, int port, int timeout_ms) {
     return -err;
 }
 
-/* The kernel's sockets exist: ipc socket files (never a symlink or a file in their place: the
- * kernel's uid owns the directory) or TCP listeners on the worker's address. */
+/* A unix socket at path accepts connections. Its file appears at bind(), before listen(): a
+ * connect() in between is refused, which is what this tells apart. */
+static int unix_listening(const char *path) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 || errno == EAGAIN)
+        return 0; /* EAGAIN: listening, its backlog full */
+    return -errno;
+}
+
+/* The kernel's sockets exist and listen: ipc socket files (never a symlink or a file in their
+ * place: the kernel's uid owns the directory) or TCP listeners on the worker's address. */
 static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
     uint64_t deadline = now_mono_ms() + timeout_ms;
     bool tcp = streq(w->conn.transport, "tcp");
@@ -137,6 +153,11 @@ static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
             }
             if (!S_ISSOCK(st.st_mode))
                 return -EPERM; /* a symlink or file where the kernel's socket should be */
+            int r = unix_listening(path);
+            if (r == -ECONNREFUSED)
+                missing++; /* bound, not listening yet (connecting now failed the start) */
+            else if (r < 0)
+                return r;
         }
         if (missing == 0)
             return 0;
