@@ -127,37 +127,40 @@ static int unix_listening(const char *path) {
 
 /* The kernel's sockets exist and listen: ipc socket files (never a symlink or a file in their
  * place: the kernel's uid owns the directory) or TCP listeners on the worker's address. */
+/* 0 when channel c's socket listens, 1 while it does not yet, or -errno. */
+static int probe_socket(const gw_worker_t *w, int c) {
+    if (streq(w->conn.transport, "tcp")) {
+        int r = tcp_listening(w->conn.ip, w->conn.ports[c], 500);
+        return r == -ECONNREFUSED || r == -ETIMEDOUT ? 1 : r;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s-%d", w->conn.ip, w->conn.ports[c]);
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return 1;
+    if (!S_ISSOCK(st.st_mode))
+        return -EPERM; /* a symlink or file where the kernel's socket should be */
+    int r = unix_listening(path);
+    return r == -ECONNREFUSED ? 1 : r;
+}
+
 static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
     uint64_t deadline = now_mono_ms() + timeout_ms;
-    bool tcp = streq(w->conn.transport, "tcp");
-    unsigned seen = 0; /* tcp: ports already found listening are not probed again */
+    /* Sockets found listening are not probed again: each probe is a connection the kernel
+     * accepts and drops. */
+    unsigned seen = 0;
     for (;;) {
         int missing = 0;
         for (int c = 0; c < JWIRE_NCHANNELS; c++) {
-            if (tcp) {
-                int r = seen & (1u << c) ? 0 : tcp_listening(w->conn.ip, w->conn.ports[c], 500);
-                if (r == -ECONNREFUSED || r == -ETIMEDOUT)
-                    missing++;
-                else if (r < 0)
-                    return r;
-                else
-                    seen |= 1u << c;
+            if (seen & (1u << c))
                 continue;
-            }
-            char path[PATH_MAX];
-            snprintf(path, sizeof path, "%s-%d", w->conn.ip, w->conn.ports[c]);
-            struct stat st;
-            if (lstat(path, &st) < 0) {
-                missing++;
-                continue;
-            }
-            if (!S_ISSOCK(st.st_mode))
-                return -EPERM; /* a symlink or file where the kernel's socket should be */
-            int r = unix_listening(path);
-            if (r == -ECONNREFUSED)
-                missing++; /* bound, not listening yet (connecting now failed the start) */
-            else if (r < 0)
+            int r = probe_socket(w, c);
+            if (r < 0)
                 return r;
+            if (r > 0)
+                missing++;
+            else
+                seen |= 1u << c;
         }
         if (missing == 0)
             return 0;

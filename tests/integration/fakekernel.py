@@ -10,10 +10,15 @@ The code of an execute_request is a list of directives, one per line:
                   kernel_info requests (the gateway's probes)
   hang            stop answering anything, for good (the process stays alive)
 Anything else is echoed as one stdout line. Every request gets busy/idle as usual.
+
+`--listen-late MS` (ipc only): the socket files first exist for MS ms bound but not listening,
+as a real kernel's do for a moment between bind() and listen().
 """
 import argparse
 import json
+import os
 import signal
+import socket
 import time
 
 import zmq
@@ -120,12 +125,29 @@ class Fake:
                 self.status("idle", msg)
 
 
+def bound_not_listening(conn, ms):
+    paths = [f"{conn['ip']}-{conn[c + '_port']}"
+             for c in ("shell", "control", "stdin", "iopub", "hb")]
+    socks = []
+    for path in paths:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        socks.append(s)
+    time.sleep(ms / 1000)
+    for s, path in zip(socks, paths):
+        s.close()
+        os.unlink(path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-f", required=True)
+    ap.add_argument("--listen-late", type=int, default=0)
     args, _ = ap.parse_known_args()  # the launcher also passes ipykernel's own options
     with open(args.f) as f:
         conn = json.load(f)
+    if args.listen_late and conn["transport"] == "ipc":
+        bound_not_listening(conn, args.listen_late)
     # An interrupt arrives as SIGINT (interrupt_mode signal): a fake has nothing to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     Fake(conn).serve()

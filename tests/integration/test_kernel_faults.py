@@ -4,11 +4,13 @@ process launcher in place of ipykernel. Heartbeat: any message counts as a sign 
 kernel that answers nothing is declared hung within --heartbeat-ms x --heartbeat-misses. Lost
 idles: the gateway probes until one arrives, and a timeout after the reply answers 200."""
 import os
+import re
 import stat
 import tempfile
 import time
 
 import pytest
+import requests
 
 from conftest import uid
 
@@ -16,25 +18,32 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def fake_python():
-    # The process launcher runs `<python> -m ipykernel_launcher ... -f <conn>` with a clean
-    # environment: a wrapper with absolute paths stands in for the interpreter.
+def fake_dir():
     d = tempfile.mkdtemp(prefix="kbox-fake-")
-    path = os.path.join(d, "python")
-    with open(path, "w") as f:
-        f.write(f'#!/bin/sh\nexec /usr/bin/python3 {os.path.join(HERE, "fakekernel.py")} "$@"\n')
-    os.chmod(path, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    yield path
-    os.unlink(path)
+    yield d
+    for name in os.listdir(d):
+        os.unlink(os.path.join(d, name))
     os.rmdir(d)
 
 
+def fake_python(d, *fake_args):
+    # The process launcher runs `<python> -m ipykernel_launcher ... -f <conn>` with a clean
+    # environment: a wrapper with absolute paths stands in for the interpreter.
+    path = os.path.join(d, "python" + "".join(fake_args).replace("-", "_"))
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec /usr/bin/python3 {os.path.join(HERE, "fakekernel.py")} '
+                f'{" ".join(fake_args)} "$@"\n')
+    os.chmod(path, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    return path
+
+
 @pytest.fixture
-def fake_gateway(make_gateway, fake_python):
-    def make(*args):
+def fake_gateway(make_gateway, fake_dir):
+    def make(*args, fake_args=()):
         return make_gateway(["--launcher", "process", "--kernel", "ipykernel", "--python",
-                             fake_python, "--min-idle-workers", "1", "--heartbeat-ms", "200",
-                             "--heartbeat-misses", "3"] + list(args)).start()
+                             fake_python(fake_dir, *fake_args), "--min-idle-workers", "1",
+                             "--heartbeat-ms", "200", "--heartbeat-misses", "3"]
+                            + list(args)).start()
     return make
 
 
@@ -43,6 +52,17 @@ def test_fake_kernel_answers(fake_gateway):
     r = g.execute(uid(), "hello")
     assert r.status_code == 200, r.text
     assert r.json()["stdout"] == "hello\n"
+
+
+def test_start_waits_for_sockets_that_listen(fake_gateway):
+    # The kernel's socket files exist for a while before anything listens on them (bind, then
+    # listen): a start that took the files for a ready kernel failed with "Connection refused".
+    g = fake_gateway(fake_args=("--listen-late", "1000"))
+    r = g.execute(uid(), "hello")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "hello\n" and r.json()["session_reset"] is False, r.text
+    m = requests.get(g.url + "/metrics", headers=g.headers(), timeout=10).text
+    assert re.search(r"^kbox_workers_failed_total 0$", m, re.M), m
 
 
 def test_output_counts_as_life_without_pongs(fake_gateway):
