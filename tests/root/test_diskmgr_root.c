@@ -642,6 +642,46 @@ static void test_detach_busy_is_lazy(void **state) {
     assert_int_equal(disk_mgr_remove(f->mgr, "busy"), 0);
 }
 
+typedef struct {
+    int fd;
+    unsigned ms;
+} holder_t;
+
+static void *close_later(void *p) {
+    holder_t *h = p;
+    usleep(h->ms * 1000);
+    close(h->fd);
+    return NULL;
+}
+
+/* After a clean unmount something may hold the loop device for a moment (a process or
+ * thread that opened it): removal waits for it to let go (a second here) rather than report
+ * the disk as still in use; one that holds on past the wait gets 1 and the device unbinds
+ * when it lets go. */
+static void test_remove_waits_for_a_brief_holder(void **state) {
+    fixture_t *f = *state;
+    disk_info_t info;
+    assert_int_equal(disk_mgr_create(f->mgr, "held", 32, 1000, 1000, &info), 0);
+    holder_t h = {.fd = open(info.loop_dev, O_RDONLY | O_CLOEXEC), .ms = 1000};
+    assert_true(h.fd >= 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, close_later, &h), 0);
+    assert_int_equal(disk_mgr_remove(f->mgr, "held"), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(count_loops(f->images), 0);
+
+    assert_int_equal(disk_mgr_create(f->mgr, "held", 32, 1000, 1000, &info), 0);
+    int fd = open(info.loop_dev, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(disk_mgr_remove(f->mgr, "held"), 1);
+    assert_int_equal(mounts_under(f->mounts), 0);
+    assert_int_equal(count_entries(f->images), 0);
+    close(fd);
+    for (int i = 0; i < 200 && count_loops(f->images) > 0; i++)
+        usleep(10000);
+    assert_int_equal(count_loops(f->images), 0);
+}
+
 /* A loop device bound without autoclear, as a crash between attach and mount can leave on a
  * kernel without LOOP_CONFIGURE, or an operator's losetup. */
 static void bind_loop_plain(const char *img) {
@@ -1008,6 +1048,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_detach_attach_keeps_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove_leaves_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detach_busy_is_lazy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remove_waits_for_a_brief_holder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_after_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_foreign_images, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enospc_without_room, setup, teardown),
