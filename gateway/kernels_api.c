@@ -116,8 +116,15 @@ void gw_kernels_api(gw_t *gw, http_conn_t *conn, const http_request_t *req) {
          * crashes (500) on the list: answer with that one spec. */
         char user[256];
         const char *slash;
-        if (http_query_param(req->query, "user", user, sizeof user) >= 0 &&
-            (slash = strrchr(user, '/'))) {
+        int qr = http_query_param(req->query, "user", user, sizeof user);
+        if (qr == -ENAMETOOLONG || qr == -EINVAL) {
+            /* Unreadable, it could have named a spec: never answer with the whole list. */
+            http_conn_respond_error(conn, 400, "invalid request",
+                                    qr == -EINVAL ? "user: bad percent-escape"
+                                                  : "user: at most 255 bytes");
+            return;
+        }
+        if (qr >= 0 && (slash = strrchr(user, '/'))) {
             if (!streq(slash + 1, "python3"))
                 http_conn_respond_error(conn, 404, "no such kernel spec", slash + 1);
             else

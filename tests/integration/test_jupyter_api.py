@@ -5,6 +5,7 @@ binary buffers, several clients per kernel, /execute sessions seen from the chan
 input, slow clients, idle release and a full pool.
 """
 import datetime
+import http.client
 import json
 import struct
 import time
@@ -27,6 +28,17 @@ def api(g, method, path, token=True, **kw):
         headers.setdefault("Authorization", f"token {g.token}")
     kw.setdefault("timeout", 60)
     return requests.request(method, g.url + path, headers=headers, **kw)
+
+
+def raw_get(g, target):
+    """GET with the request target exactly as given (requests re-quotes it)."""
+    c = http.client.HTTPConnection("127.0.0.1", g.port, timeout=60)
+    try:
+        c.request("GET", target, headers={"Authorization": f"token {g.token}"})
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        c.close()
 
 
 def new_kernel(g, **body):
@@ -71,6 +83,16 @@ def test_api_root_and_kernelspecs(gw):
     r = api(gw, "GET", "/api/kernelspecs/python3?user=alice")
     assert r.status_code == 200 and r.json()["name"] == "python3"
     assert api(gw, "GET", "/api/kernelspecs/nope").status_code == 404
+    # The gateway client's one-spec form, and a user= it cannot read (a 200 with the list
+    # would answer a question that was not asked).
+    r = api(gw, "GET", "/api/kernelspecs?user=alice/python3")
+    assert r.status_code == 200 and r.json()["name"] == "python3", r.text
+    assert api(gw, "GET", "/api/kernelspecs?user=alice/nope").status_code == 404
+    r = api(gw, "GET", "/api/kernelspecs?user=" + "a" * 300 + "/python3")
+    assert r.status_code == 400 and "255" in r.json()["detail"], r.text
+    # Sent as is (requests would quote the stray %).
+    status, body = raw_get(gw, "/api/kernelspecs?user=%zz/python3")
+    assert status == 400 and "escape" in json.loads(body)["detail"], body
 
 
 def test_auth_forms(gw):
