@@ -401,7 +401,9 @@ void kout_publish_ordered(kshared_t *sh, kout_t *it, size_t bytes) {
     if (!it)
         return;
     pthread_mutex_lock(&sh->st.mu);
-    kstreams_drain_locked(sh, KIO_DRAIN_MAX, false);
+    /* A request's last output goes before its idle whole: a partial UTF-8 sequence left at
+     * its end (a cut-off write) shows as U+FFFD in this cell, not in the next one's. */
+    kstreams_drain_locked(sh, KIO_DRAIN_MAX, it->flags & KOUT_F_REQUEST_DONE);
     if (it->flags & KOUT_F_STREAM_PARENT) {
         json_decref(sh->st.parent);
         sh->st.parent = json_incref(it->parent);

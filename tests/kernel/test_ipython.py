@@ -185,6 +185,15 @@ def test_output_order(k):
     assert seq == ["a", "b", "c", "d", "e", "f"], seq
 
 
+def test_partial_utf8_at_the_end_stays_in_its_cell(k):
+    # A cut-off multi-byte character at a cell's end is shown (as U+FFFD) before that cell's
+    # idle; a character split across two writes within a cell stays whole.
+    reply, out = k.execute("import os\nos.write(1, b'ab\\xe2\\x82')")
+    assert stream_text(out) == "ab\ufffd", out
+    reply, out = k.execute("import os\nos.write(1, b'x\\xe2\\x82'); os.write(1, b'\\xac\\n')")
+    assert stream_text(out) == "x\u20ac\n", out
+
+
 def test_interrupt_signal_mode(k):
     t0 = time.time()
     msg_id = k.kc.execute("import time; time.sleep(30)")
