@@ -149,6 +149,16 @@ def test_segfault(fresh):
     assert fresh.wait_dead(10) == 128 + signal.SIGSEGV
 
 
+def test_closing_every_fd_dies_visibly(fresh):
+    # The kernel's own sockets, eventfds and pipes go too: it cannot serve any more, so it
+    # must end (libzmq aborts on its lost mailbox) rather than hang with its client waiting.
+    t0 = time.time()
+    fresh.kc.execute("import os\nfor fd in range(3, 4096):\n    try:\n        os.close(fd)\n"
+                     "    except OSError:\n        pass")
+    assert fresh.wait_dead(10) is not None
+    assert time.time() - t0 < 10
+
+
 def test_sys_exit_is_caught(k):
     reply, out = k.execute("import sys; sys.exit(4)")
     assert reply["status"] == "error" and reply["ename"] == "SystemExit"
