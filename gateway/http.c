@@ -731,6 +731,10 @@ static int on_header_field(http_parser *p, const char *at, size_t len) {
         c->hoff[c->nhdr++] = (struct hdr_off){.name = c->alen};
         c->last = CB_FIELD;
     }
+    /* http-parser (built lenient) lets whitespace into a name: "Content-Length : 5" would
+     * frame the body one way here and another way in a proxy in front (RFC 9112 5.1). */
+    if (memchr(at, ' ', len) || memchr(at, '\t', len))
+        return cb_fail(c, 400, "whitespace in a header name");
     size_t off = c->alen;
     if (arena_append(c, at, len) < 0)
         return cb_fail(c, 500, "out of memory");
