@@ -125,9 +125,9 @@ static int unix_listening(const char *path) {
     return -errno;
 }
 
-/* The kernel's sockets exist and listen: ipc socket files (never a symlink or a file in their
- * place: the kernel's uid owns the directory) or TCP listeners on the worker's address. */
-/* 0 when channel c's socket listens, 1 while it does not yet, or -errno. */
+/* Channel c's socket: 0 once it listens, 1 while it does not yet, or -errno. An ipc socket
+ * is a file (never a symlink or a file in its place: the kernel's uid owns the directory), a
+ * TCP one a listener on the worker's address. */
 static int probe_socket(const gw_worker_t *w, int c) {
     if (streq(w->conn.transport, "tcp")) {
         int r = tcp_listening(w->conn.ip, w->conn.ports[c], 500);
@@ -144,6 +144,7 @@ static int probe_socket(const gw_worker_t *w, int c) {
     return r == -ECONNREFUSED ? 1 : r;
 }
 
+/* Waits until every socket of the kernel listens, it dies (-ECHILD) or timeout_ms passes. */
 static int wait_for_sockets(const gw_worker_t *w, uint64_t timeout_ms) {
     uint64_t deadline = now_mono_ms() + timeout_ms;
     /* Sockets found listening are not probed again: each probe is a connection the kernel
