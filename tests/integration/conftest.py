@@ -25,6 +25,21 @@ def pytest_configure(config):
         "markers", "rss: measures the gateway's memory (deselected under ASan, which inflates it)")
 
 
+# Every gateway's log, kept until the session ends: a failing run keeps them all for a look.
+LOGS = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0:
+        for path in LOGS:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    elif LOGS:
+        print(f"\ngateway logs kept: {tempfile.gettempdir()}/kbox-gw-<port>.log ({len(LOGS)})")
+
+
 # What a sanitizer build of the gateway prints when it finds a bug (ASan, LSan, UBSan).
 SANITIZER_REPORT = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
@@ -61,6 +76,7 @@ class Gateway:
         self.env = dict(os.environ, AUTH_TOKEN=self.token)
         self.env.update(env or {})
         self.log_path = os.path.join(tempfile.gettempdir(), f"kbox-gw-{self.port}.log")
+        LOGS.append(self.log_path)
         self.proc = None
 
     def start(self, wait_healthy=True, timeout=60):

@@ -3,6 +3,7 @@
 The spec names `kbox-kernel-host` (found on PATH when installed); for the tests it is pointed
 at the binary under test, KBOX_KERNEL_HOST_BIN (set by ctest), in a private JUPYTER_PATH.
 """
+import atexit
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ def install(name=KERNEL_NAME, argv=None, interrupt_mode=None, env=None):
     root = os.environ.get("KBOX_TEST_JUPYTER_PATH")
     if not root:
         root = tempfile.mkdtemp(prefix="kbox-kspec-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         os.environ["KBOX_TEST_JUPYTER_PATH"] = root
         os.environ["JUPYTER_PATH"] = root
     with open(SPEC) as f:
