@@ -216,6 +216,7 @@ int bench_cmd_wait(int argc, char **argv);
 int bench_cmd_quiet(int argc, char **argv);
 int bench_cmd_gwlog(int argc, char **argv);
 int bench_cmd_report(int argc, char **argv);
+int bench_cmd_handoff(int argc, char **argv);
 
 /* ---- small shared helpers (main.c) ------------------------------------------------------ */
 

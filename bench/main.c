@@ -1,7 +1,7 @@
 /* kbox-bench: the load generator behind bench/run.sh and docs/BENCHMARKS.md.
  *
  *   kbox-bench run --target execute|kernels|zmq ...   workloads 1, 2, 3 (one JSON line)
- *   kbox-bench first | kstart | mem | wait | quiet | gwlog | report | freeport
+ *   kbox-bench first | kstart | mem | wait | quiet | gwlog | report | handoff | freeport
  *
  * `run` is the seed's stateful load test: U users, each on its own thread with a fresh random
  * user_uuid, a random scenario and R sequential steps; all users start together at a barrier
@@ -462,6 +462,7 @@ static void usage(void) {
             "  gwlog    --file LOG                                     worker start steps\n"
             "  report   --file RESULTS.jsonl [--meta K=V]...           the table\n"
             "  cgname   --state-dir D          cgroup of a gateway's sandboxed workers\n"
+            "  handoff  [--n N --reps R --workdir D]   CPU of a round trip: libzmq ipc, unix\n"
             "  freeport\n");
 }
 
@@ -498,6 +499,8 @@ int main(int argc, char **argv) {
         return bench_cmd_gwlog(argc, argv);
     if (streq(cmd, "report"))
         return bench_cmd_report(argc, argv);
+    if (streq(cmd, "handoff"))
+        return bench_cmd_handoff(argc, argv);
     if (streq(cmd, "cgname"))
         return cmd_cgname(argc, argv);
     if (streq(cmd, "freeport"))

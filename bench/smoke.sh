@@ -45,6 +45,12 @@ $PY -c 'import json, sys; s = json.loads(sys.argv[1])["scenarios"]; sys.exit(s !
     "$line" || bad "--scenario numpy drew: $line"
 "$BENCH" run --url http://127.0.0.1:9 --scenario numbers >/dev/null 2>&1 && bad "--scenario numbers accepted"
 
+# handoff: both transports measured, positive figures, and its sockets gone afterwards.
+line=$("$BENCH" handoff --n 200 --reps 1 --workdir "$TMP" 2>&1) || bad "kbox-bench handoff exited $?: $line"
+$PY -c 'import json, sys; d = json.loads(sys.argv[1]); sys.exit(not all(d[t][k] > 0 for t in ("zmq_ipc", "unix") for k in ("wall_us", "cpu_us")))' \
+    "$line" || bad "handoff printed: $line"
+[ -z "$(find "$TMP" -name 'handoff-*')" ] || bad "handoff left its sockets in $TMP"
+
 t0=$SECONDS
 rc=0
 BENCH_NO_FALLBACK=1 "$HERE/run.sh" --quick --kernels ipykernel,native --launcher runc \
