@@ -141,7 +141,8 @@ static int probe_socket(const gw_worker_t *w, int c) {
     if (!S_ISSOCK(st.st_mode))
         return -EPERM; /* a symlink or file where the kernel's socket should be */
     int r = unix_listening(path);
-    return r == -ECONNREFUSED ? 1 : r;
+    /* ENOENT: the file went between lstat() and connect() (a kernel that rebinds) */
+    return r == -ECONNREFUSED || r == -ENOENT ? 1 : r;
 }
 
 /* Waits until every socket of the kernel listens, it dies (-ECHILD) or timeout_ms passes. */
