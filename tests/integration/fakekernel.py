@@ -13,6 +13,8 @@ Anything else is echoed as one stdout line. Every request gets busy/idle as usua
 
 `--listen-late MS` (ipc only): the socket files first exist for MS ms bound but not listening,
 as a real kernel's do for a moment between bind() and listen().
+`--flicker MS` (ipc only): for MS ms the socket files appear and vanish in a tight loop (bound,
+never listening, unlinked), so a probe finds a file that is gone when it connects.
 """
 import argparse
 import json
@@ -139,15 +141,30 @@ def bound_not_listening(conn, ms):
         os.unlink(path)
 
 
+def flicker(conn, ms):
+    paths = [f"{conn['ip']}-{conn[c + '_port']}"
+             for c in ("shell", "control", "stdin", "iopub", "hb")]
+    end = time.monotonic() + ms / 1000
+    while time.monotonic() < end:
+        for path in paths:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(path)
+            s.close()
+            os.unlink(path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-f", required=True)
     ap.add_argument("--listen-late", type=int, default=0)
+    ap.add_argument("--flicker", type=int, default=0)
     args, _ = ap.parse_known_args()  # the launcher also passes ipykernel's own options
     with open(args.f) as f:
         conn = json.load(f)
     if args.listen_late and conn["transport"] == "ipc":
         bound_not_listening(conn, args.listen_late)
+    if args.flicker and conn["transport"] == "ipc":
+        flicker(conn, args.flicker)
     # An interrupt arrives as SIGINT (interrupt_mode signal): a fake has nothing to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     Fake(conn).serve()

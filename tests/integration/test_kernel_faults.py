@@ -65,6 +65,17 @@ def test_start_waits_for_sockets_that_listen(fake_gateway):
     assert re.search(r"^kbox_workers_failed_total 0$", m, re.M), m
 
 
+def test_start_waits_through_socket_files_that_come_and_go(fake_gateway):
+    # A socket file that is gone by the time the probe connects to it (a kernel that unlinks
+    # and rebinds) is not there yet: a start that took ENOENT for a failure was lost.
+    g = fake_gateway(fake_args=("--flicker", "1500"))
+    r = g.execute(uid(), "hello")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "hello\n" and r.json()["session_reset"] is False, r.text
+    m = requests.get(g.url + "/metrics", headers=g.headers(), timeout=10).text
+    assert re.search(r"^kbox_workers_failed_total 0$", m, re.M), m
+
+
 def test_output_counts_as_life_without_pongs(fake_gateway):
     # No pong for 2.5 s (the window is 3 x 200 ms), but output all along: not hung.
     g = fake_gateway()

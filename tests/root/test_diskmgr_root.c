@@ -62,6 +62,14 @@ static int count_loops(const char *dir) {
     return n;
 }
 
+/* An autoclear loop device unbinds once its last opener lets go, asynchronously in the
+ * kernel: wait up to 2 s for none under dir to be left. */
+static void wait_no_loops(const char *dir) {
+    for (int i = 0; i < 200 && count_loops(dir) > 0; i++)
+        usleep(10000);
+    assert_int_equal(count_loops(dir), 0);
+}
+
 typedef struct {
     char target[512];
     char fstype[64];
@@ -635,9 +643,7 @@ static void test_detach_busy_is_lazy(void **state) {
     /* mounting the same ext4 twice would corrupt it */
     assert_int_equal(disk_mgr_attach(f->mgr, "busy", 1000, 1000, NULL), -EBUSY);
     close(fd);
-    for (int i = 0; i < 200 && count_loops(f->images) > 0; i++)
-        usleep(10000);
-    assert_int_equal(count_loops(f->images), 0);
+    wait_no_loops(f->images);
     assert_int_equal(disk_mgr_attach(f->mgr, "busy", 1000, 1000, NULL), 0);
     assert_int_equal(disk_mgr_remove(f->mgr, "busy"), 0);
 }
@@ -677,9 +683,7 @@ static void test_remove_waits_for_a_brief_holder(void **state) {
     assert_int_equal(mounts_under(f->mounts), 0);
     assert_int_equal(count_entries(f->images), 0);
     close(fd);
-    for (int i = 0; i < 200 && count_loops(f->images) > 0; i++)
-        usleep(10000);
-    assert_int_equal(count_loops(f->images), 0);
+    wait_no_loops(f->images);
 }
 
 /* A loop device bound without autoclear, as a crash between attach and mount can leave on a
