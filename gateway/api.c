@@ -78,7 +78,11 @@ static bool valid_user_uuid(const char *u) {
 static json_t *parse_user_body(http_conn_t *conn, const http_request_t *req, char *qbuf,
                                size_t qlen, const char **ret_user) {
     json_error_t jerr;
-    json_t *body = req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
+    /* Duplicate keys are refused: a proxy that reads the first "code" must not see other code
+     * than the one we run (jansson keeps the last). */
+    json_t *body = req->body_len
+                       ? json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr)
+                       : json_object();
     if (!json_is_object(body)) {
         char detail[256];
         snprintf(detail, sizeof detail, "body must be a JSON object: %s",
@@ -97,6 +101,8 @@ static json_t *parse_user_body(http_conn_t *conn, const http_request_t *req, cha
     const char *problem = NULL;
     if (ju && !json_is_string(ju))
         problem = "user_uuid must be a string";
+    else if (!user && qr == -EINVAL)
+        problem = "user_uuid: bad percent-escape in the query (or an encoded NUL)";
     else if (!user && qr != -ENAMETOOLONG)
         problem = "user_uuid is required (in the body or as a query parameter)";
     else if (!user || !valid_user_uuid(user)) /* too long for qbuf, or not one of ours */

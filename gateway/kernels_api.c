@@ -41,10 +41,16 @@ static void not_allowed(http_conn_t *conn, const char *allowed) {
 }
 
 static void create_kernel(gw_t *gw, http_conn_t *conn, const http_request_t *req) {
-    json_t *body = req->body_len ? json_loadb(req->body, req->body_len, 0, NULL) : json_object();
+    json_error_t jerr;
+    json_t *body = req->body_len
+                       ? json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr)
+                       : json_object();
     if (!json_is_object(body)) {
+        char detail[256];
+        snprintf(detail, sizeof detail, "body must be a JSON object: %s",
+                 body ? "got another JSON type" : jerr.text);
         json_decref(body);
-        http_conn_respond_error(conn, 400, "invalid JSON", "body must be a JSON object");
+        http_conn_respond_error(conn, 400, "invalid JSON", detail);
         return;
     }
     json_t *jname = json_object_get(body, "name");

@@ -1,5 +1,6 @@
 """POST /execute, /release, /status, /healthz, /metrics against the real gateway and kernels."""
 import concurrent.futures
+import http.client
 import json
 import os
 import random
@@ -439,6 +440,20 @@ def test_bad_execute_bodies(gw, body, status):
     assert r.status_code == status, r.text
     j = r.json()
     assert j["error"] and "detail" in j
+
+
+def test_bad_execute_requests_say_why(gw):
+    # Two "code" keys: jansson keeps the last, a proxy in front may read the first.
+    r = requests.post(gw.url + "/execute", data=b'{"user_uuid": "u1", "code": "1", "code": "2"}',
+                      headers=gw.headers())
+    assert r.status_code == 400 and "duplicate" in r.json()["detail"], r.text
+    for q in ("a%zz", "a%00b", "a%4"):  # raw: requests would re-quote a bad escape
+        c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        c.request("POST", "/execute?user_uuid=" + q, body=b'{"code": "1"}', headers=gw.headers())
+        r = c.getresponse()
+        body = json.loads(r.read())
+        c.close()
+        assert r.status == 400 and "percent-escape" in body["detail"], (q, body)
 
 
 def test_unknown_route_wrong_method_bad_token(gw):

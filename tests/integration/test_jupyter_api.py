@@ -208,6 +208,9 @@ def test_create_validation(gw):
     assert api(gw, "POST", "/api/kernels", json=[1]).status_code == 400
     assert api(gw, "POST", "/api/kernels", json={"name": "python3", "env": "x"}).status_code == 400
     assert api(gw, "POST", "/api/kernels", json={"name": 3}).status_code == 400
+    r = api(gw, "POST", "/api/kernels", data='{"name": "python3", "name": "python3"}',
+            headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "duplicate" in r.json()["detail"], r.text
 
 
 def test_env_allow_list(gw):
