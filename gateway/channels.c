@@ -10,7 +10,13 @@
  * status, replies, errors and comms still flow, so its frontend never waits forever for an
  * idle that was dropped. Past the hard limit the client is disconnected (1008). A burst of
  * output that a healthy client reads a little late thus costs it some output, not its
- * connection, and a client that reads nothing costs at most the hard limit. */
+ * connection, and a client that reads nothing costs at most the hard limit.
+ *
+ * A msg_id routes a request's answers, so one in flight for one client cannot be taken by
+ * another (whose requests would steal the first's replies): that client is disconnected.
+ * An input_request only its asker can answer (no other client sees it): if the asker goes
+ * away without answering, the kernel is interrupted, or it would wait in input() for good,
+ * and /execute would find the session busy until released. */
 #include "gw.h"
 #include "log.h"
 #include "util.h"
@@ -32,7 +38,28 @@ struct gw_wsclient {
     wsframe_proto_t proto;
     bool dropping;    /* over OUT_SOFT_BYTES, not yet back under OUT_RESUME_BYTES */
     uint64_t dropped; /* output messages not sent to this client, in total */
+    char *asked;      /* the request whose input_request this client has not answered */
+    char asked_worker[sizeof(((gw_worker_t *)0)->id)]; /* the worker whose kernel asked */
 };
+
+static void client_free(gw_wsclient_t *c) {
+    if (c) {
+        free(c->asked);
+        free(c);
+    }
+}
+
+static void client_answered(gw_wsclient_t *c) {
+    free(c->asked);
+    c->asked = NULL;
+}
+
+/* The kernel waits in input() for an answer that cannot come: stop the cell. */
+static void interrupt_unanswerable(gw_session_t *s, const char *why) {
+    log_info("channels", "interrupting a kernel waiting for input nobody can give", "{s:s,s:s}",
+             "kernel_id", s->kernel_id, "why", why);
+    (void)gw_worker_interrupt(s->worker);
+}
 
 /* Messages from clients that arrive while the kernel is (re)starting wait here, bounded. */
 typedef struct {
@@ -128,14 +155,28 @@ void gw_channels_dispatch(gw_session_t *s, jwire_channel_t ch, const jwire_msg_t
         return;
     }
     const char *parent = jwire_msg_parent_id(msg);
+    const char *type = jwire_msg_type(msg);
+    bool ask = ch == JWIRE_STDIN && streq(type, "input_request");
     gw_wsclient_t *c = zhashx_lookup(s->routes, parent);
-    if (!c)
-        return; /* an answer to /execute, or to a client that has gone */
+    if (!c) {
+        /* An answer to /execute (which never allows stdin), or to a client that has gone. */
+        if (ask)
+            interrupt_unanswerable(s, "asked after its client disconnected");
+        return;
+    }
+    if (ask && s->worker) {
+        client_answered(c);
+        c->asked = strdup(parent);
+        snprintf(c->asked_worker, sizeof c->asked_worker, "%s", s->worker->id);
+    }
     client_send(c, ch, msg, enc);
     encoded_clear(enc);
     /* A reply ends the request's routing; stdin requests come before the reply. */
-    if (ch != JWIRE_STDIN && strstr(jwire_msg_type(msg), "_reply"))
+    if (ch != JWIRE_STDIN && strstr(type, "_reply")) {
+        if (c->asked && streq(c->asked, parent))
+            client_answered(c); /* interrupted meanwhile: nothing waits any more */
         zhashx_delete(s->routes, parent);
+    }
 }
 
 static void send_to_kernel(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg) {
@@ -195,11 +236,22 @@ static void on_ws_message(ws_conn_t *ws, bool binary, const void *data, size_t l
                                         : "malformed Jupyter message");
         return;
     }
+    const char *id = jwire_msg_id(msg);
+    gw_wsclient_t *owner = zhashx_lookup(s->routes, id);
+    if ((owner && owner != c) || (s->running && streq(id, s->running->msg_id))) {
+        log_warn("channels", "msg_id in flight for another client; closing the connection", "{s:s}",
+                 "kernel_id", s->kernel_id);
+        ws_close(ws, 1008, "msg_id is in use by another request in flight");
+        jwire_msg_destroy(&msg);
+        return;
+    }
     s->last_activity_us = now_wall_us();
     s->last_activity_mono_ms = now_mono_ms();
     if (zhashx_size(s->routes) >= MAX_ROUTES)
         zhashx_purge(s->routes); /* requests that never got replies: forget, don't grow */
-    zhashx_update(s->routes, jwire_msg_id(msg), c);
+    zhashx_update(s->routes, id, c);
+    if (ch == JWIRE_STDIN)
+        client_answered(c); /* its input_reply */
     if (!s->worker) {
         zlistx_t *held = held_list(s, true);
         if (held && zlistx_size(held) < MAX_HELD) {
@@ -237,12 +289,14 @@ static void on_ws_close(ws_conn_t *ws, uint16_t code, void *arg) {
         TAILQ_REMOVE(&s->clients, c, link);
         s->nclients--;
         forget_routes_of(s, c);
+        if (c->asked && s->worker && streq(s->worker->id, c->asked_worker))
+            interrupt_unanswerable(s, "the client it asked disconnected");
         s->last_activity_us = now_wall_us();
         s->last_activity_mono_ms = now_mono_ms();
     } else {
         TAILQ_REMOVE(&c->gw->closing, c, link);
     }
-    free(c);
+    client_free(c);
 }
 
 void gw_channels_open(gw_t *gw, gw_session_t *s, http_conn_t *conn, const http_request_t *req) {
@@ -311,6 +365,6 @@ void gw_channels_fini(gw_t *gw) {
     while ((c = TAILQ_FIRST(&gw->closing))) {
         TAILQ_REMOVE(&gw->closing, c, link);
         ws_destroy(&c->ws); /* no on_close from here */
-        free(c);
+        client_free(c);
     }
 }

@@ -351,8 +351,9 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
         s->last_activity_us = now_wall_us();
     }
     /* Every iopub message goes to the session's WebSocket clients, /execute's own included:
-     * a person can watch an agent's session live. */
-    if (s->nclients)
+     * a person can watch an agent's session live. An input request goes there even with no
+     * client: its asker is gone, and the kernel must not wait for it. */
+    if (s->nclients || ch == JWIRE_STDIN)
         gw_channels_dispatch(s, ch, msg);
     gw_exec_t *e = s->running;
     if (e && e->probe_id[0] && ch == JWIRE_IOPUB && streq(jwire_msg_parent_id(msg), e->probe_id) &&

@@ -136,8 +136,10 @@ class KernelWS:
         self.close_reason = b""
 
     # ---- sending --------------------------------------------------------------------------
-    def send(self, channel, msg_type, content=None, buffers=()):
+    def send(self, channel, msg_type, content=None, buffers=(), msg_id=None):
         msg = new_msg(channel, msg_type, content or {}, self.session)
+        if msg_id:
+            msg["header"]["msg_id"] = msg_id
         data, opcode = (encode_v1 if self.proto == V1 else encode_legacy)(msg, buffers)
         self.ws.send(data, opcode=opcode)
         return msg["header"]["msg_id"]

@@ -4,6 +4,7 @@ websocket clients expect: status codes and shapes, auth forms, both WebSocket fo
 binary buffers, several clients per kernel, /execute sessions seen from the channels, bad
 input, slow clients, idle release and a full pool.
 """
+import concurrent.futures
 import datetime
 import http.client
 import json
@@ -16,7 +17,7 @@ import requests
 import websocket
 
 from conftest import uid
-from jupyter_ws import (ECHO_TARGET_CODE, UUID_RE, V1, KernelWS, stdout_of,
+from jupyter_ws import (ECHO_TARGET_CODE, UUID_RE, V1, KernelWS, execute_content, stdout_of,
                         types_of)
 
 MODEL_KEYS = {"id", "name", "last_activity", "execution_state", "connections"}
@@ -469,6 +470,64 @@ def test_stdin_input_request_round_trip(gw):
                    m["content"]["text"] == "got kbox\n", what="the output after input_reply")
     c.close()
     api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
+def test_an_abandoned_input_request_is_interrupted(gw):
+    # A viewer's cell waits in input() and the viewer goes away without answering, before or
+    # after the kernel asked. No other client sees the request, so none can answer it: the
+    # kernel is interrupted, and the agent's next /execute runs with its state instead of
+    # finding the kernel busy until the session is released.
+    u = uid()
+    r = gw.execute(u, "kept = 41")
+    assert r.status_code == 200, r.text
+    kid = r.json()["kernel_id"]
+    for expected, asked_first in (("42\n", True), ("43\n", False)):
+        c = ws(gw, kid)
+        code = "v = input('name? ')" if asked_first else "import time\ntime.sleep(1)\ninput()"
+        # stop_on_error off: ipykernel would otherwise abort, unrun, what reaches it in the
+        # moment after the interrupted cell (the agent's request), as it does for any error.
+        mid = c.send("shell", "execute_request",
+                     dict(execute_content(code), allow_stdin=True, stop_on_error=False))
+        if asked_first:
+            c.wait_for(lambda m: m["channel"] == "stdin", what="input_request")
+        else:
+            c.wait_for(lambda m: m["parent_header"].get("msg_id") == mid and
+                       m["header"]["msg_type"] == "execute_input", what="running")
+        c.close()
+        t0 = time.time()
+        r = gw.execute(u, "kept += 1\nprint(kept)")
+        assert r.status_code == 200, r.text
+        assert r.json()["stdout"] == expected and not r.json()["session_reset"], r.text
+        assert time.time() - t0 < 15
+    gw.release(u)
+
+
+def test_a_msg_id_in_flight_is_not_taken_by_another_client(gw):
+    # Replies are routed by msg_id, which every client sees in iopub: a second client sending
+    # the same msg_id would take the first's reply. It is disconnected instead.
+    u = uid()
+    kid = gw.execute(u, "1").json()["kernel_id"]
+    a, b = ws(gw, kid), ws(gw, kid)
+    mid = a.start("import time\ntime.sleep(1)\n5")
+    a.wait_for(lambda m: m["parent_header"].get("msg_id") == mid and
+               m["header"]["msg_type"] == "execute_input", what="running")
+    b.send("shell", "kernel_info_request", msg_id=mid)
+    assert b.wait_closed(timeout=15) == 1008
+    rep = a.wait_reply_and_idle(mid, what="the first client's own reply")
+    assert rep["content"]["status"] == "ok"
+    # Nor an /execute's, which a watching client sees too.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(gw.execute, u, "import time\ntime.sleep(1)\nprint('agent')")
+        m = a.wait_for(lambda m: m["header"]["msg_type"] == "execute_input" and
+                       "agent" in m["content"]["code"], what="the agent's cell")
+        c = ws(gw, kid)
+        c.send("shell", "execute_request", execute_content("print('intruder')"),
+               msg_id=m["parent_header"]["msg_id"])
+        assert c.wait_closed(timeout=15) == 1008
+        r = fut.result(timeout=60)
+    assert r.status_code == 200 and r.json()["stdout"] == "agent\n", r.text
+    a.close()
+    gw.release(u)
 
 
 def test_delete_closes_clients(gw):
