@@ -52,9 +52,17 @@ int write_all(int fd, const void *buf, size_t len) {
 }
 
 int read_file_bounded(const char *path, size_t max, char **ret, size_t *ret_len) {
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* Regular files only, opened without blocking: some of what we read lies in directories a
+     * kernel can write (its run dir), and a FIFO put there would block the open (a gateway
+     * start that re-reads a connection file would never finish), a device the read. */
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
     size_t cap = 4096, len = 0;
     _cleanup_free_ char *buf = malloc(cap);
     if (!buf)
@@ -163,26 +171,6 @@ int rm_rf(const char *path) {
     if (lstat(path, &st) < 0)
         return errno == ENOENT ? 0 : -errno;
     return rm_rf_at(AT_FDCWD, path, st.st_dev);
-}
-
-int rm_rf_contents(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) < 0)
-        return errno == ENOENT ? 0 : -errno;
-    DIR *d = opendir(path);
-    if (!d)
-        return -errno;
-    int ret = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-            continue;
-        int r = rm_rf_at(dirfd(d), de->d_name, st.st_dev);
-        if (r < 0 && ret == 0)
-            ret = r;
-    }
-    closedir(d);
-    return ret;
 }
 
 void random_hex(char *ret, size_t nbytes) {

@@ -75,7 +75,8 @@ int xsnprintf(char *buf, size_t len, const char *fmt, ...) __attribute__((format
 /* Write the whole buffer to fd (retrying EINTR/short writes); -errno on failure. */
 int write_all(int fd, const void *buf, size_t len);
 
-/* Read a whole small file (at most max bytes) into a NUL-terminated buffer. */
+/* Read a whole small regular file (at most max bytes) into a NUL-terminated buffer; anything
+ * else (a FIFO, a device, a directory, a symlink) is -EINVAL or -ELOOP, without blocking. */
 int read_file_bounded(const char *path, size_t max, char **ret, size_t *ret_len);
 
 /* Write a file atomically (tmp + fsync + rename) with the given mode. */
@@ -86,9 +87,6 @@ int mkdir_p(const char *path, mode_t mode);
 
 /* rm -rf that never crosses a mount point (so a bind-mounted disk is never wiped). */
 int rm_rf(const char *path);
-
-/* Empty a directory (same rules as rm_rf), keeping the directory itself. */
-int rm_rf_contents(const char *path);
 
 /* A random RFC 4122 version-4 UUID string (36 chars + NUL) from libsodium's CSPRNG. */
 void uuid4(char ret[37]);

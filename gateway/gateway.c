@@ -73,6 +73,24 @@ static int lock_state_dir(gw_t *gw) {
     return 0;
 }
 
+/* Run dirs but those of the workers in keep (NULL: all). */
+static void remove_run_dirs(gw_t *gw, zlistx_t *keep) {
+    DIR *d = opendir(gw->run_root);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        bool kept = false;
+        for (const char *k = keep ? zlistx_first(keep) : NULL; k; k = zlistx_next(keep))
+            kept = kept || streq(k, de->d_name);
+        char path[PATH_MAX];
+        if (!kept && xsnprintf(path, sizeof path, "%s/%s", gw->run_root, de->d_name) >= 0)
+            gw_sandbox_run_dir_remove(path);
+    }
+    if (d)
+        closedir(d);
+}
+
 /* After a crash: reattach the workers the journal lists that still run, then remove every
  * other leftover of a previous run (containers, namespaces, disks, run dirs). */
 static int recover(gw_t *gw) {
@@ -100,21 +118,7 @@ static int recover(gw_t *gw) {
                 gw_sandbox_detach_disk(gw, s->disk_name);
         }
     }
-    /* Run dirs of workers that were not reattached. */
-    DIR *d = opendir(gw->run_root);
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
-        bool keep = false;
-        for (const char *k = zlistx_first(keep_workers); k; k = zlistx_next(keep_workers))
-            keep = keep || streq(k, de->d_name);
-        char path[PATH_MAX];
-        if (!keep && xsnprintf(path, sizeof path, "%s/%s", gw->run_root, de->d_name) >= 0)
-            rm_rf(path);
-    }
-    if (d)
-        closedir(d);
+    remove_run_dirs(gw, keep_workers); /* of workers that were not reattached */
     zlistx_destroy(&keep_workers);
     zlistx_destroy(&keep_disks);
     return 0;
@@ -276,7 +280,7 @@ void gw_destroy(gw_t **gw_p) {
     zhashx_destroy(&gw->expired);
     zlistx_destroy(&gw->expired_order);
     if (gw->run_root[0])
-        rm_rf_contents(gw->run_root);
+        remove_run_dirs(gw, NULL);
     if (gw->clean_exit)
         gw_journal_remove(gw);
     gw_sandbox_fini(gw);

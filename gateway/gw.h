@@ -337,6 +337,11 @@ int gw_sandbox_init(gw_t *gw);
 /* Start-up sweep of everything of ours not in the keep lists (worker ids, disk names). */
 int gw_sandbox_sweep(gw_t *gw, zlistx_t *keep_workers, zlistx_t *keep_disks);
 void gw_sandbox_fini(gw_t *gw);
+/* A sandboxed worker's run dir is a small tmpfs of its own, made on the loop thread before
+ * the connection file is written into it; removing one unmounts it first (any run dir, also
+ * a leftover of an earlier gateway). */
+int gw_sandbox_run_dir_make(gw_t *gw, const char *path);
+void gw_sandbox_run_dir_remove(const char *path);
 int gw_sandbox_prepare(gw_worker_t *w);  /* work pool */
 void gw_sandbox_release(gw_worker_t *w); /* work pool */
 void gw_sandbox_remove_disk(gw_t *gw, const char *name);

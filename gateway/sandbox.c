@@ -318,6 +318,32 @@ void gw_sandbox_fini(gw_t *gw) {
 
 /* ---- per worker (work pool) ------------------------------------------------------------ */
 
+/* The run dir holds the connection file and five sockets, and its kernel (as the sandbox
+ * uid) must be able to create those: writable, so bounded on its own. On the tmpfs all run
+ * dirs share, one kernel could fill it and no worker could start for anyone, or build a tree
+ * too deep to remove. A fixed size: nothing else belongs there. */
+#define RUN_DIR_TMPFS_OPTS "size=256k,nr_inodes=32,mode=0700"
+
+int gw_sandbox_run_dir_make(gw_t *gw, const char *path) {
+    if (mkdir(path, 0700) < 0)
+        return -errno;
+    if (gw->disks && mount("kbox-wrun", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           RUN_DIR_TMPFS_OPTS) < 0) {
+        int r = -errno;
+        rmdir(path);
+        return r;
+    }
+    return 0;
+}
+
+void gw_sandbox_run_dir_remove(const char *path) {
+    /* Detached: a reference left somewhere cannot keep the directory from going. Whatever the
+     * kernel wrote goes with the tmpfs, however deep; rm_rf never crosses a mount point. */
+    while (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
+        ;
+    rm_rf(path);
+}
+
 int gw_sandbox_prepare(gw_worker_t *w) {
     gw_t *gw = w->gw;
     if (!gw->disks)

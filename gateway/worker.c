@@ -600,13 +600,12 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
     uuid4(w->zsession);
     w->created_us = now_mono_us();
     int r;
+    bool run_dir_made = false;
     if ((r = xsnprintf(w->run_dir, sizeof w->run_dir, "%s/%s", gw->run_root, w->id)) < 0 ||
-        (r = xsnprintf(w->conn_file, sizeof w->conn_file, "%s/kernel.json", w->run_dir)) < 0)
+        (r = xsnprintf(w->conn_file, sizeof w->conn_file, "%s/kernel.json", w->run_dir)) < 0 ||
+        (r = gw_sandbox_run_dir_make(gw, w->run_dir)) < 0)
         goto fail;
-    if (mkdir(w->run_dir, 0700) < 0) {
-        r = -errno;
-        goto fail;
-    }
+    run_dir_made = true;
 
     if (gw->disks) {
         if (for_session && for_session->disk_name[0]) {
@@ -674,7 +673,8 @@ int gw_worker_spawn(gw_t *gw, gw_session_t *for_session, gw_worker_t **ret) {
 fail:
     if (w->has_uid_slot)
         gw_uid_slot_free(gw, w->uid_slot);
-    rm_rf(w->run_dir);
+    if (run_dir_made)
+        gw_sandbox_run_dir_remove(w->run_dir);
     worker_free(w);
     return r;
 }
@@ -687,7 +687,7 @@ static void cleanup_work(void *arg) {
     if (w->launched || w->start_tried)
         gw->launcher->cleanup(gw->launcher, &w->proc, &w->spec);
     gw_sandbox_release(w);
-    rm_rf(w->run_dir);
+    gw_sandbox_run_dir_remove(w->run_dir);
 }
 
 static void cleanup_done(loop_t *loop, void *arg) {

@@ -78,6 +78,29 @@ def test_restart_without_journal_sweeps_everything(make_gateway):
         shutil.rmtree(state, ignore_errors=True)
 
 
+def test_a_fifo_for_a_connection_file_does_not_block_the_restart(make_gateway):
+    """A kernel can write its run dir: one that puts a FIFO where its connection file was hung
+    the next gateway start for everyone (the open blocked until someone wrote into it). The
+    restart goes on; that worker cannot be reattached, and its session is reset."""
+    state = tempfile.mkdtemp(prefix="kbox-crash-")
+    try:
+        g = make_gateway(["--min-idle-workers", "0"], state_dir=state).start()
+        u = uid()
+        r = g.execute(u, "import os\nos.rename('/run/kbox/kernel.json', '/run/kbox/k.bak')\n"
+                         "os.mkfifo('/run/kbox/kernel.json', 0o600)")
+        assert r.status_code == 200, r.text
+        g.proc.send_signal(signal.SIGKILL)
+        g.proc.wait()
+        g2 = make_gateway(["--min-idle-workers", "0"], state_dir=state).start()
+        r = g2.execute(u, "print('back')")
+        assert r.status_code == 200, r.text
+        assert r.json()["stdout"] == "back\n" and r.json()["session_reset"] is True, r.text
+        assert g2.stop() == 0
+        assert no_leftovers(state) == {}
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def test_dead_worker_in_journal_is_swept_and_its_session_reset(make_gateway):
     """The journal lists a worker that died while the gateway was down: the restart sweeps its
     container, namespace, cgroup and run dir, and its session comes back reset with its

@@ -285,6 +285,36 @@ DEV_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0",
 DEV_LINKS_OPTIONAL = {"/dev/core": "/proc/kcore"}
 
 
+def test_run_dir_is_bounded_per_worker(sg):
+    # /run/kbox (the connection file and the kernel's sockets) must be writable by the kernel.
+    # On the tmpfs all run dirs shared, one session filled it (64 MiB) and no worker could
+    # start for anyone; each is a small tmpfs of its own now, bytes and files.
+    out = run_json(sg, """
+        import errno, os
+        out = {'bytes': 0, 'files': 0}
+        try:
+            with open('/run/kbox/fill', 'wb') as f:
+                while out['bytes'] < (64 << 20):
+                    f.write(b'x' * 4096)
+                    f.flush()
+                    out['bytes'] += 4096
+        except OSError as e:
+            out['bytes_errno'] = e.errno
+        os.unlink('/run/kbox/fill')
+        try:
+            while out['files'] < 100000:
+                os.mkdir('/run/kbox/d%d' % out['files'])
+                out['files'] += 1
+        except OSError as e:
+            out['files_errno'] = e.errno
+    """)
+    assert out["bytes_errno"] == errno.ENOSPC and out["bytes"] <= (1 << 20), out
+    assert out["files_errno"] == errno.ENOSPC and out["files"] <= 100, out
+    # Other users' workers still start (a fresh user takes an idle one, a new one replaces it).
+    for _ in range(3):
+        assert run(sg, "print('ok')") == "ok\n"
+
+
 def test_nothing_of_the_host(sg):
     # The needles go in hex, so the code sent (which ipykernel keeps in its history) never holds
     # them. Files under /usr (the host's /usr, 180k files) are read only if they changed after the
