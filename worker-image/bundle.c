@@ -251,10 +251,14 @@ static json_t *linux_new(const wimg_bundle_spec_t *s) {
     }
 
     /* Host information and attack surface in /proc and /sys: masked ones read as empty
-     * (/dev/null or an empty read-only tmpfs), read-only ones cannot be written. */
+     * (/dev/null or an empty read-only tmpfs), read-only ones cannot be written. Block devices
+     * are the host's: a loop device's backing_file names every worker's disk image (and the
+     * gateway's state dir), diskstats shows their activity. */
     static const char *const masked[] = {
         "/proc/acpi",
         "/proc/asound",
+        "/proc/diskstats",
+        "/proc/partitions",
         "/proc/kcore",
         "/proc/keys",
         "/proc/latency_stats",
@@ -263,6 +267,7 @@ static json_t *linux_new(const wimg_bundle_spec_t *s) {
         "/proc/sched_debug",
         "/proc/scsi",
         "/sys/firmware",
+        "/sys/devices/virtual/block",
         "/sys/devices/virtual/powercap",
         "/sys/kernel/debug",
         "/sys/kernel/security",

@@ -108,6 +108,12 @@ calls = dict(
     open_by_handle_at=(304, -1, BAD, 0), io_uring_setup=(425, 1, BAD),
     io_uring_enter=(426, -1, 0, 0, 0, 0), io_uring_register=(427, -1, 0, 0, 0),
     socket_vsock=(41, 40, 1, 0),
+    # The kernel reads socket()'s arguments as int: high bits must not smuggle a family or a
+    # protocol past the filter. AF_NETLINK's NETLINK_KOBJECT_UEVENT hears the host's device
+    # events; TIPC stands for the rarely used families above netlink.
+    socket_vsock_high_bits=(41, (1 << 32) | 40, 1, 0), socket_uevent=(41, 16, 2, 15),
+    socket_uevent_high_bits=(41, 16, 2, (1 << 32) | 15), socket_tipc=(41, 30, 5, 0),
+    socket_netlink_route=(41, 16, 3, 0), socket_inet=(41, 2, 1, 0),
     # clone3 with size 0 is EINVAL in the kernel; the profile makes it ENOSYS.
     clone3=(435, 0, 0),
     # CLONE_SIGHAND without CLONE_VM is EINVAL in copy_process, before any namespace is made:
@@ -155,7 +161,8 @@ def test_syscall_filter(sg):
     denied = ("mount", "ptrace", "bpf", "keyctl", "add_key", "kexec_load", "init_module",
               "perf_event_open", "userfaultfd", "unshare", "setns", "pivot_root", "swapon",
               "reboot", "open_by_handle_at", "io_uring_setup", "io_uring_enter",
-              "io_uring_register", "socket_vsock", "clone_NEWNS", "clone_NEWCGROUP",
+              "io_uring_register", "socket_vsock", "socket_vsock_high_bits", "socket_uevent",
+              "socket_uevent_high_bits", "socket_tipc", "clone_NEWNS", "clone_NEWCGROUP",
               "clone_NEWUTS", "clone_NEWIPC", "clone_NEWUSER", "clone_NEWPID", "clone_NEWNET")
     bad = {n: res[n] for n in denied if res[n] != [-1, "EPERM"]}
     assert not bad, f"not refused by the filter with EPERM: {bad}"
@@ -163,6 +170,8 @@ def test_syscall_filter(sg):
     assert res["clone3"] == [-1, "ENOSYS"]
     # clone without CLONE_NEW* reaches the kernel (which refuses SIGHAND without VM itself).
     assert res["clone_plain"] == [-1, "EINVAL"]
+    # What glibc and every program need (getaddrinfo asks NETLINK_ROUTE).
+    assert res["socket_netlink_route"][0] >= 0 and res["socket_inet"][0] >= 0, res
     assert res["threads"] == [1]
     assert res["subprocess"] == "hi\n"
     rc, lines = res["i386"]
@@ -371,6 +380,17 @@ def test_nothing_of_the_host(sg):
                 except OSError:
                     count('unreadable')
         walk('/')
+        # Loop devices are the host's: each names its backing file (a worker's disk image in
+        # the state dir), by any of sysfs's paths to it.
+        import glob
+        for d in ('/sys/block', '/sys/class/block', '/sys/dev/block', '/sys/devices/virtual/block'):
+            for f in glob.glob(d + '/*/loop/backing_file'):
+                try:
+                    scan(f, open(f, 'rb').read())
+                    count('backing_file')
+                except OSError:
+                    pass
+        out['block_stats'] = {{p: len(open(p, 'rb').read()) for p in ('/proc/diskstats', '/proc/partitions')}}
         out['state_dir_exists'] = os.path.lexists(STATE_DIR)
         out['mountinfo'] = open('/proc/self/mountinfo').read()
         out['root_home'] = [p for p in ('/root', '/home') if os.path.exists(p)]
@@ -406,6 +426,8 @@ def test_nothing_of_the_host(sg):
     assert out["conn_has_key"]
     assert out["read"].get("files", 0) >= 10, out["read"]
     assert out["state_dir_exists"] is False
+    assert out["read"].get("backing_file", 0) == 0, out["read"]
+    assert out["block_stats"] == {"/proc/diskstats": 0, "/proc/partitions": 0}, out["block_stats"]
     assert sg.state_dir not in out["mountinfo"]
     assert os.path.basename(sg.state_dir) not in out["mountinfo"]
     assert out["root_home"] == []
