@@ -114,6 +114,7 @@ calls = dict(
     socket_vsock_high_bits=(41, (1 << 32) | 40, 1, 0), socket_uevent=(41, 16, 2, 15),
     socket_uevent_high_bits=(41, 16, 2, (1 << 32) | 15), socket_tipc=(41, 30, 5, 0),
     socket_netlink_route=(41, 16, 3, 0), socket_inet=(41, 2, 1, 0),
+    socketpair_tipc=(53, 30, 5, 0, BUF), socketpair_unix=(53, 1, 1, 0, BUF),
     # clone3 with size 0 is EINVAL in the kernel; the profile makes it ENOSYS.
     clone3=(435, 0, 0),
     # CLONE_SIGHAND without CLONE_VM is EINVAL in copy_process, before any namespace is made:
@@ -162,7 +163,7 @@ def test_syscall_filter(sg):
               "perf_event_open", "userfaultfd", "unshare", "setns", "pivot_root", "swapon",
               "reboot", "open_by_handle_at", "io_uring_setup", "io_uring_enter",
               "io_uring_register", "socket_vsock", "socket_vsock_high_bits", "socket_uevent",
-              "socket_uevent_high_bits", "socket_tipc", "clone_NEWNS", "clone_NEWCGROUP",
+              "socket_uevent_high_bits", "socket_tipc", "socketpair_tipc", "clone_NEWNS", "clone_NEWCGROUP",
               "clone_NEWUTS", "clone_NEWIPC", "clone_NEWUSER", "clone_NEWPID", "clone_NEWNET")
     bad = {n: res[n] for n in denied if res[n] != [-1, "EPERM"]}
     assert not bad, f"not refused by the filter with EPERM: {bad}"
@@ -172,6 +173,7 @@ def test_syscall_filter(sg):
     assert res["clone_plain"] == [-1, "EINVAL"]
     # What glibc and every program need (getaddrinfo asks NETLINK_ROUTE).
     assert res["socket_netlink_route"][0] >= 0 and res["socket_inet"][0] >= 0, res
+    assert res["socketpair_unix"] == [0, None], res
     assert res["threads"] == [1]
     assert res["subprocess"] == "hi\n"
     rc, lines = res["i386"]
