@@ -194,6 +194,8 @@ def _make_shell():
             self.exit_now = not self.keepkernel_on_exit
             self.payload_manager.write_payload(
                 dict(source="ask_exit", keepkernel=self.keepkernel_on_exit))
+            if self.exit_now:
+                _kbox.exit_after_request()
 
         def set_next_input(self, text, replace=False):
             self.payload_manager.write_payload(
@@ -709,7 +711,9 @@ def history(hist_access_type=None, output=False, raw=True, session=0, start=0, s
         lines = range(max(1, count - n), count)
     elif hist_access_type == "range":
         session = int(session or 0)
-        if session > 0 and session != SESSION:
+        # 0 is this session, a negative number one before it (there are none), a positive one
+        # a session by number (ours is SESSION).
+        if session != 0 and session != SESSION:
             lines = range(0)
         else:
             start = int(start or 0)

@@ -64,6 +64,7 @@ static struct {
 } cur;
 
 static uint64_t abort_until_seq; /* execute_requests up to this seq are aborted */
+static bool exit_after_request;  /* exit() or quit() in the cell: end once it is answered */
 
 const char *kpy_version(void) {
     return Py_GetVersion();
@@ -676,6 +677,13 @@ static PyObject *kb_getpass(PyObject *self, PyObject *args, PyObject *kw) {
     return r;
 }
 
+/* exit() and quit() end the kernel, as in ipykernel: its client sees the reply (with the
+ * ask_exit payload) and the idle first, then the process ends (a frontend restarts it). */
+static PyObject *kb_exit_after_request(PyObject *self, PyObject *args) {
+    exit_after_request = true;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef kb_methods[] = {
     {"execute_result", kb_execute_result, METH_VARARGS, "execute_result(count, data, metadata)"},
     {"display_data", kb_display_data, METH_VARARGS,
@@ -688,6 +696,8 @@ static PyMethodDef kb_methods[] = {
      "input(prompt='')\n\nRead a line from the frontend (an input_request on stdin)."},
     {"getpass", (PyCFunction)(void (*)(void))kb_getpass, METH_VARARGS | METH_KEYWORDS,
      "getpass(prompt='Password: ', stream=None)"},
+    {"exit_after_request", kb_exit_after_request, METH_NOARGS,
+     "exit_after_request()\n\nEnd the kernel once the current request is answered."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -932,14 +942,18 @@ static void handle_msg(const kreq_t *r) {
         PyErr_Clear();
 }
 
+/* atexit handlers, the last output, then the process ends. */
+_Noreturn static void exit_kernel(void) {
+    PyObject *res = PyObject_CallNoArgs(g_at_exit);
+    Py_XDECREF(res);
+    PyErr_Clear();
+    flush_std();
+    kio_py_exit(S);
+}
+
 static void serve(const kreq_t *r) {
-    if (r->kind == KREQ_SHUTDOWN) {
-        PyObject *res = PyObject_CallNoArgs(g_at_exit);
-        Py_XDECREF(res);
-        PyErr_Clear();
-        flush_std();
-        kio_py_exit(S);
-    }
+    if (r->kind == KREQ_SHUTDOWN)
+        exit_kernel();
     kio_py_request_start(S);
     publish("status", kmsg_status("busy"), KOUT_F_STREAM_PARENT, 0);
     handle_msg(r);
@@ -948,6 +962,10 @@ static void serve(const kreq_t *r) {
         _exit(0); /* a child of os.fork() that left its cell: it has no kernel to serve */
     publish("status", kmsg_status("idle"), KOUT_F_REQUEST_DONE, 0);
     kio_py_request_end(S);
+    if (exit_after_request) {
+        klog(LOG_LVL_INFO, "exit() called: the kernel ends", NULL);
+        exit_kernel();
+    }
 }
 
 /* The next request; between requests the Python thread serves the sockets itself (when it

@@ -258,9 +258,28 @@ def test_comm_info_and_kernel_info_on_control(k):
     assert k.kc.get_shell_msg(timeout=5)["content"]["comms"] == {}
 
 
-def test_exit_payload(k):
-    reply, _ = k.execute("exit")
-    assert reply["payload"] == [{"source": "ask_exit", "keepkernel": False}]
+def test_exit_keep_kernel(k):
+    reply, _ = k.execute("exit(keep_kernel=True)")
+    assert reply["payload"] == [{"source": "ask_exit", "keepkernel": True}]
+    reply, out = k.execute("print('still here')")
+    assert stream_text(out) == "still here\n"
+
+
+@pytest.mark.parametrize("code", ["exit", "quit()"])
+def test_exit_ends_the_kernel(code, tmp_path):
+    # As ipykernel: the reply (with the ask_exit payload) and the idle, then the process ends,
+    # atexit handlers run; a frontend restarts it.
+    mark = tmp_path / "atexit"
+    k = Kernel()
+    try:
+        k.execute(f"import atexit, pathlib\natexit.register(pathlib.Path({str(mark)!r}).write_text, 'ran')")
+        msg_id = k.kc.execute(code)
+        reply, _ = k.collect(msg_id)
+        assert reply["payload"] == [{"source": "ask_exit", "keepkernel": False}]
+        assert k.wait_dead(10) == 0
+        assert mark.read_text() == "ran"
+    finally:
+        k.close()
 
 
 def test_history_in_memory(k):
@@ -269,6 +288,12 @@ def test_history_in_memory(k):
                           raw=True)
     reply = k.kc.get_shell_msg(timeout=5)
     assert [h[2] for h in reply["content"]["history"]] == ["hist_marker = 1"]
+    # range: this session (0 or its number) has it; the one before it (-1) does not exist.
+    for session, found in ((0, True), (1, True), (-1, False), (2, False)):
+        k.kc.history(hist_access_type="range", session=session, start=1, stop=None,
+                     output=False, raw=True)
+        rows = k.kc.get_shell_msg(timeout=5)["content"]["history"]
+        assert ("hist_marker = 1" in [h[2] for h in rows]) is found, (session, rows)
 
 
 def test_history_magics_and_api_from_memory():
