@@ -69,6 +69,7 @@ struct gw_worker {
     gw_relay_t *relay[JWIRE_NCHANNELS]; /* each socket reaches the kernel through one */
     loop_watch_t *mon_watch[JWIRE_NCHANNELS];
     loop_watch_t *lost_timer; /* a channel closed: declared lost unless the exit comes first */
+    loop_watch_t *exit_timer; /* the process exited: what it sent last is still arriving */
     char lost_why[160];
     unsigned lost_channels;        /* bit per channel whose connection closed in this grace */
     unsigned mon_gen;              /* monitor endpoints are unique per (re)connection */
@@ -145,6 +146,7 @@ struct gw_exec {
     bool got_busy;          /* the kernel started our request: the timeout runs from here */
     bool waited_for_start;  /* timed out once before busy: now waiting acquire_timeout_ms */
     bool interrupt_on_busy; /* the client left before the kernel started our request */
+    bool kernel_exits;      /* the code called exit(): the kernel ends after its reply */
     char probe_id[40];      /* a kernel_info sent after ours: its idle stands for our lost one */
     bool timed_out;
     bool session_reset;

@@ -30,6 +30,12 @@
 #include <unistd.h>
 
 #define RELAY_CHUNK ((size_t)64 * 1024)
+/* After the kernel hung up and its last bytes are written to the gateway's socket, that
+ * connection stays open this long: libzmq (reconnection off) drops the messages it has
+ * received but not yet handed over when it closes, and a kernel's last ones (the reply to a
+ * cell that called exit(), a shutdown_reply) come just before it hangs up. The worker reads
+ * them meanwhile; it learns of the exit from the process, not from this connection. */
+#define RELAY_HANGUP_LINGER_MS 250
 
 typedef struct {
     uint8_t *data;
@@ -49,9 +55,10 @@ struct gw_relay {
     loop_t *loop;
     int lfd, dfd, ufd; /* listener; the gateway socket's side (down); the kernel's (up) */
     loop_watch_t *lw, *dw, *uw;
-    unsigned dev, uev; /* the events dw and uw are set to */
-    bool connecting;   /* tcp: the connection to the kernel is not up yet */
-    bool failed;       /* gone before the gateway's socket came: it is hung up on arrival */
+    loop_watch_t *linger; /* the kernel hung up: the gateway's side closes when it fires */
+    unsigned dev, uev;    /* the events dw and uw are set to */
+    bool connecting;      /* tcp: the connection to the kernel is not up yet */
+    bool failed;          /* gone before the gateway's socket came: it is hung up on arrival */
     dir_t to_down, to_up;
     zguard_t guard;
     const char *why;
@@ -93,6 +100,7 @@ static void end(gw_relay_t *r, const char *why) {
         return;
     r->ended = true;
     r->why = why;
+    loop_watch_del(r->loop, &r->linger);
     loop_watch_del(r->loop, &r->lw);
     loop_watch_del(r->loop, &r->dw);
     loop_watch_del(r->loop, &r->uw);
@@ -135,11 +143,24 @@ static bool side_needed(const dir_t *from, const dir_t *to) {
 
 static void on_up(loop_t *loop, loop_watch_t *w, int fd, unsigned events, void *arg);
 
-/* Ends the relay once both directions are done; else sets what each fd is watched for. */
+static void on_linger(loop_t *loop, loop_watch_t *t, void *arg) {
+    end(arg, NULL);
+}
+
+/* Ends the relay once both directions are done (after RELAY_HANGUP_LINGER_MS when the
+ * kernel hung up with everything delivered); else sets what each fd is watched for. */
 static void settle(gw_relay_t *r) {
-    if (r->ended)
+    if (r->ended || r->linger)
         return;
     if (dir_done(&r->to_down) && dir_done(&r->to_up)) {
+        if (r->to_down.eof && !r->to_down.dead && r->dfd >= 0) {
+            loop_watch_del(r->loop, &r->uw);
+            loop_watch_del(r->loop, &r->dw);
+            loop_watch_del(r->loop, &r->lw);
+            r->linger = loop_timer_add(r->loop, RELAY_HANGUP_LINGER_MS, 0, on_linger, r);
+            if (r->linger)
+                return;
+        }
         end(r, NULL);
         return;
     }

@@ -286,10 +286,38 @@ void gw_exec_client_gone(gw_exec_t *e) {
     pump(s);
 }
 
+/* exit() in the code: the kernel ends on its own just after its reply (ipykernel 0.1 s later).
+ * Its worker goes now, so the next request waits for a fresh kernel (session_reset) rather
+ * than reach the dying one and fail. */
+static void retire_exiting_kernel(gw_session_t *s) {
+    gw_worker_t *w = s->worker;
+    if (!w)
+        return;
+    s->worker = NULL;
+    w->session = NULL;
+    s->reset_pending = true;
+    log_info("session", "the code called exit(); replacing the kernel", "{s:s}", "kernel_id",
+             s->kernel_id);
+    gw_worker_destroy(w, "exit");
+}
+
+/* The reply asks the frontend to end the kernel (IPython's exit() and quit()). */
+static bool asks_exit(const json_t *reply) {
+    size_t i;
+    const json_t *p;
+    json_array_foreach(json_object_get(reply, "payload"), i, p) {
+        if (streq(json_string_value(json_object_get(p, "source")), "ask_exit") &&
+            !json_is_true(json_object_get(p, "keepkernel")))
+            return true;
+    }
+    return false;
+}
+
 static void maybe_finish(gw_session_t *s) {
     gw_exec_t *e = s->running;
     if (!e || !e->got_reply || !e->got_idle)
         return;
+    bool exits = e->kernel_exits;
     enum gw_outcome o = OUTCOME_OK;
     if (e->timed_out) {
         if (!exec_out_has_error(e->out))
@@ -299,6 +327,8 @@ static void maybe_finish(gw_session_t *s) {
         o = OUTCOME_ERROR;
     }
     finish_running(s, 200, NULL, NULL, o);
+    if (exits)
+        retire_exiting_kernel(s);
     pump(s);
 }
 
@@ -392,6 +422,7 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
         } else if (ch == JWIRE_SHELL && streq(type, "execute_reply")) {
             exec_out_set_reply(e->out, msg->content);
             e->got_reply = true;
+            e->kernel_exits = asks_exit(msg->content);
             if (!e->got_idle && !e->idle_timer)
                 e->idle_timer =
                     loop_timer_add(s->gw->loop, IDLE_LATE_MS, IDLE_LATE_MS, on_idle_late, s);

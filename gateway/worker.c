@@ -29,6 +29,9 @@
 /* A channel's connection closing first and the process exit following is the usual order
  * when a kernel dies; wait this long for the exit so the reason given is the right one. */
 #define CHANNEL_LOST_GRACE_MS 300
+/* A kernel's last messages (the reply and idle of a cell that called exit(), a shutdown_reply)
+ * can still be on their way through its relays when its exit is seen: they count. */
+#define EXIT_DRAIN_MS         100
 #define IOPUB_REOPENS_PER_MIN 10 /* beyond this the kernel does it on purpose: it is lost */
 
 static jwire_limits_t kernel_limits(const gw_t *gw) {
@@ -43,6 +46,7 @@ static void close_channels(gw_worker_t *w) {
     for (int c = 0; c < JWIRE_NCHANNELS; c++)
         close_channel(w, c);
     loop_watch_del(w->gw->loop, &w->lost_timer);
+    loop_watch_del(w->gw->loop, &w->exit_timer);
 }
 
 static void worker_free(gw_worker_t *w) {
@@ -340,11 +344,20 @@ static void on_sock(loop_t *loop, loop_watch_t *watch, void *sock, void *arg) {
     handle_msg(w, ch, msg);
 }
 
+static void on_exit_drained(loop_t *loop, loop_watch_t *t, void *arg) {
+    gw_worker_t *w = arg;
+    loop_watch_del(loop, &w->exit_timer);
+    worker_died(w, "kernel exited");
+}
+
 static void on_pidfd(loop_t *loop, loop_watch_t *watch, int fd, unsigned events, void *arg) {
     gw_worker_t *w = arg;
     /* Not reaped here: the launcher's cleanup reaps after it has killed what is left. */
     loop_watch_del(loop, &w->pid_watch);
-    worker_died(w, "kernel exited");
+    loop_watch_del(loop, &w->lost_timer); /* the exit names the cause */
+    w->exit_timer = loop_timer_add(loop, EXIT_DRAIN_MS, 0, on_exit_drained, w);
+    if (!w->exit_timer)
+        worker_died(w, "kernel exited");
 }
 
 static void on_start_timeout(loop_t *loop, loop_watch_t *t, void *arg) {
@@ -421,7 +434,7 @@ static void on_monitor(loop_t *loop, loop_watch_t *watch, void *sock, void *arg)
     if (c == JWIRE_NCHANNELS)
         return;
     w->lost_channels |= 1u << c; /* all of them count when the grace ends */
-    if (w->lost_timer)
+    if (w->lost_timer || w->exit_timer)
         return;
     const char *cut = gw_relay_why(w->relay[c]);
     if (cut)

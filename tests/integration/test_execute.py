@@ -442,6 +442,24 @@ def test_bad_execute_bodies(gw, body, status):
     assert j["error"] and "detail" in j
 
 
+@pytest.mark.parametrize("code", ["exit()", "quit()"])
+def test_exit_ends_the_session_cleanly(gw, code):
+    # As in IPython, exit() ends the kernel (right after its reply: the next request used to
+    # reach the dying kernel and fail); the next request runs in a fresh one, reset.
+    u = uid()
+    assert gw.execute(u, "x = 1").status_code == 200
+    r = gw.execute(u, code)
+    assert r.status_code == 200 and r.json()["error"] is None, r.text
+    r = gw.execute(u, "print('x' in dir())")
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "False\n" and r.json()["session_reset"] is True, r.text
+    # keep_kernel=True keeps it.
+    assert gw.execute(u, "x = 2\nexit(keep_kernel=True)").status_code == 200
+    r = gw.execute(u, "print(x)")
+    assert r.json()["stdout"] == "2\n" and r.json()["session_reset"] is False, r.text
+    gw.release(u)
+
+
 def test_bad_execute_requests_say_why(gw):
     # Two "code" keys: jansson keeps the last, a proxy in front may read the first.
     r = requests.post(gw.url + "/execute", data=b'{"user_uuid": "u1", "code": "1", "code": "2"}',
