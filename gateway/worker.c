@@ -114,24 +114,33 @@ static int tcp_listening(const char *addr, int port, int timeout_ms) {
     return -err;
 }
 
-/* A unix socket at path accepts connections. Its file appears at bind(), before listen(): a
- * connect() in between is refused, which is what this tells apart. */
+/* The kernel's socket file at path accepts connections: 0, 1 while it does not yet (no file,
+ * or bound but not listening: the file appears at bind(), before listen()), or -errno; -EPERM
+ * for anything but a socket there (a symlink, a file: the kernel's uid owns the directory).
+ * Connected through the descriptor of what was checked, never by name again, so a file
+ * swapped in between cannot point the gateway (root) at another socket of the host. */
 static int unix_listening(const char *path) {
+    _cleanup_close_ int pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (pfd < 0)
+        return errno == ENOENT ? 1 : errno == ELOOP ? -EPERM : -errno;
+    struct stat st;
+    if (fstat(pfd, &st) < 0)
+        return -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -EPERM;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path)
-        return -ENAMETOOLONG;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d", pfd);
     _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 || errno == EAGAIN)
         return 0; /* EAGAIN: listening, its backlog full */
-    return -errno;
+    return errno == ECONNREFUSED ? 1 : -errno;
 }
 
 /* Channel c's socket: 0 once it listens, 1 while it does not yet, or -errno. An ipc socket
- * is a file (never a symlink or a file in its place: the kernel's uid owns the directory), a
- * TCP one a listener on the worker's address. */
+ * is a file (never a symlink or a file in its place), a TCP one a listener on the worker's
+ * address. */
 static int probe_socket(const gw_worker_t *w, int c) {
     if (streq(w->conn.transport, "tcp")) {
         int r = tcp_listening(w->conn.ip, w->conn.ports[c], 500);
@@ -139,14 +148,7 @@ static int probe_socket(const gw_worker_t *w, int c) {
     }
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s-%d", w->conn.ip, w->conn.ports[c]);
-    struct stat st;
-    if (lstat(path, &st) < 0)
-        return 1;
-    if (!S_ISSOCK(st.st_mode))
-        return -EPERM; /* a symlink or file where the kernel's socket should be */
-    int r = unix_listening(path);
-    /* ENOENT: the file went between lstat() and connect() (a kernel that rebinds) */
-    return r == -ECONNREFUSED || r == -ENOENT ? 1 : r;
+    return unix_listening(path);
 }
 
 /* Waits until every socket of the kernel listens, it dies (-ECHILD) or timeout_ms passes. */
