@@ -67,14 +67,21 @@ json_t *kmsg_kernel_info(const char *py_version, const char *impl_version) {
     return json_pack(
         "{s:s, s:s, s:s, s:s,"
         " s:{s:s, s:s, s:s, s:{s:s, s:i}, s:s, s:s, s:s},"
-        " s:s, s:b, s:[{s:s, s:s}, {s:s, s:s}]}",
+        " s:s, s:b, s:[{s:s, s:s}, {s:s, s:s}, {s:s, s:s}, {s:s, s:s}, {s:s, s:s}, {s:s, s:s},"
+        " {s:s, s:s}]}",
         "status", "ok", "protocol_version", JWIRE_PROTOCOL_VERSION, "implementation",
         KMSG_IMPLEMENTATION, "implementation_version", impl_version ? impl_version : "",
         "language_info", "name", "python", "version", version, "mimetype", "text/x-python",
         "codemirror_mode", "name", "ipython", "version", (int)strtol(major, NULL, 10),
         "pygments_lexer", "ipython3", "nbconvert_exporter", "python", "file_extension", ".py",
         "banner", banner, "debugger", 0, "help_links", "text", "Python Reference", "url", minor_url,
-        "text", "IPython Reference", "url", "https://ipython.readthedocs.io/en/stable/");
+        "text", "IPython Reference", "url", "https://ipython.readthedocs.io/en/stable/", "text",
+        /* JupyterLab's Help menu lists these; ipykernel offers the same libraries. */
+        "NumPy Reference", "url", "https://numpy.org/doc/stable/reference/", "text",
+        "SciPy Reference", "url", "https://docs.scipy.org/doc/scipy/reference/", "text",
+        "Matplotlib Reference", "url", "https://matplotlib.org/stable/", "text", "SymPy Reference",
+        "url", "https://docs.sympy.org/latest/index.html", "text", "pandas Reference", "url",
+        "https://pandas.pydata.org/docs/");
 }
 
 json_t *kmsg_status(const char *state) {

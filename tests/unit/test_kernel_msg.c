@@ -78,7 +78,9 @@ static void test_kernel_info(void **state) {
     const char *banner = json_string_value(json_object_get(k, "banner"));
     assert_non_null(strstr(banner, "Python 3.11.2 (main"));
     json_t *links = json_object_get(k, "help_links");
-    assert_int_equal(json_array_size(links), 2);
+    assert_int_equal(json_array_size(links), 7);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(links, 6), "text")),
+                        "pandas Reference");
     assert_string_equal(json_string_value(json_object_get(json_array_get(links, 0), "url")),
                         "https://docs.python.org/3.11");
     assert_true(json_is_false(json_object_get(k, "debugger")));
