@@ -295,10 +295,11 @@ static void retire_exiting_kernel(gw_session_t *s) {
         return;
     s->worker = NULL;
     w->session = NULL;
-    s->reset_pending = true;
     log_info("session", "the code called exit(); replacing the kernel", "{s:s}", "kernel_id",
              s->kernel_id);
     gw_worker_destroy(w, "exit");
+    /* As a kernel death: reset, and Jupyter clients see it restart. w is only a flag there. */
+    gw_session_on_worker_lost(s, w, "the code called exit()");
 }
 
 /* The reply asks the frontend to end the kernel (IPython's exit() and quit()). */

@@ -450,6 +450,24 @@ def test_kernel_death_auto_restarts_with_status(gw):
     api(gw, "DELETE", f"/api/kernels/{kid}")
 
 
+def test_exit_restarts_the_kernel(gw):
+    # exit() ends the kernel right after its reply and idle; both reach the client (the
+    # gateway's side of a kernel that hung up used to drop what it had not read yet), then
+    # the kernel comes back by itself, as with Jupyter Server's auto-restart.
+    kid = new_kernel(gw)
+    c = ws(gw, kid)
+    c.execute("x = 1")
+    reply, _ = c.execute("exit()")
+    assert reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": False}], reply
+    c.wait_for(lambda m: m["header"]["msg_type"] == "status" and
+               m["content"]["execution_state"] == "restarting", timeout=30,
+               what="restarting after exit()")
+    reply, iopub = c.execute("print('x' in globals())", timeout=60)
+    assert stdout_of(iopub) == "False\n"
+    c.close()
+    api(gw, "DELETE", f"/api/kernels/{kid}")
+
+
 def test_stdin_input_request_round_trip(gw):
     kid = new_kernel(gw)
     c = ws(gw, kid)
