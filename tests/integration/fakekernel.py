@@ -15,6 +15,8 @@ Anything else is echoed as one stdout line. Every request gets busy/idle as usua
 as a real kernel's do for a moment between bind() and listen().
 `--flicker MS` (ipc only): for MS ms the socket files appear and vanish in a tight loop (bound,
 never listening, unlinked), so a probe finds a file that is gone when it connects.
+`--symlink-to PATH` (ipc only): the socket files are symlinks to PATH, and the fake serves
+nothing (a kernel pointing the gateway at another socket of the host).
 """
 import argparse
 import json
@@ -153,11 +155,19 @@ def flicker(conn, ms):
             os.unlink(path)
 
 
+def symlinks_only(conn, target):
+    for c in ("shell", "control", "stdin", "iopub", "hb"):
+        os.symlink(target, f"{conn['ip']}-{conn[c + '_port']}")
+    while True:
+        time.sleep(60)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-f", required=True)
     ap.add_argument("--listen-late", type=int, default=0)
     ap.add_argument("--flicker", type=int, default=0)
+    ap.add_argument("--symlink-to")
     args, _ = ap.parse_known_args()  # the launcher also passes ipykernel's own options
     with open(args.f) as f:
         conn = json.load(f)
@@ -165,6 +175,8 @@ def main():
         bound_not_listening(conn, args.listen_late)
     if args.flicker and conn["transport"] == "ipc":
         flicker(conn, args.flicker)
+    if args.symlink_to and conn["transport"] == "ipc":
+        symlinks_only(conn, args.symlink_to)
     # An interrupt arrives as SIGINT (interrupt_mode signal): a fake has nothing to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     Fake(conn).serve()

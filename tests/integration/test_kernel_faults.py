@@ -5,6 +5,7 @@ kernel that answers nothing is declared hung within --heartbeat-ms x --heartbeat
 idles: the gateway probes until one arrives, and a timeout after the reply answers 200."""
 import os
 import re
+import socket
 import stat
 import tempfile
 import time
@@ -29,7 +30,7 @@ def fake_dir():
 def fake_python(d, *fake_args):
     # The process launcher runs `<python> -m ipykernel_launcher ... -f <conn>` with a clean
     # environment: a wrapper with absolute paths stands in for the interpreter.
-    path = os.path.join(d, "python" + "".join(fake_args).replace("-", "_"))
+    path = os.path.join(d, "python" + "".join(fake_args).replace("-", "_").replace("/", "_"))
     with open(path, "w") as f:
         f.write(f'#!/bin/sh\nexec /usr/bin/python3 {os.path.join(HERE, "fakekernel.py")} '
                 f'{" ".join(fake_args)} "$@"\n')
@@ -39,11 +40,11 @@ def fake_python(d, *fake_args):
 
 @pytest.fixture
 def fake_gateway(make_gateway, fake_dir):
-    def make(*args, fake_args=()):
+    def make(*args, fake_args=(), wait_healthy=True):
         return make_gateway(["--launcher", "process", "--kernel", "ipykernel", "--python",
                              fake_python(fake_dir, *fake_args), "--min-idle-workers", "1",
                              "--heartbeat-ms", "200", "--heartbeat-misses", "3"]
-                            + list(args)).start()
+                            + list(args)).start(wait_healthy=wait_healthy)
     return make
 
 
@@ -67,6 +68,33 @@ def test_start_waits_for_sockets_that_listen(fake_gateway, fake_args):
     assert r.json()["stdout"] == "hello\n" and r.json()["session_reset"] is False, r.text
     m = requests.get(g.url + "/metrics", headers=g.headers(), timeout=10).text
     assert re.search(r"^kbox_workers_failed_total 0$", m, re.M), m
+
+
+def test_socket_files_that_are_symlinks_are_never_followed(fake_gateway, fake_dir):
+    # A kernel can write its run dir: socket files that point elsewhere (another socket of
+    # the host) fail the start, and the gateway (root) never connects to what they point at.
+    target = os.path.join(fake_dir, "target.sock")
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(target)
+    lst.listen(16)
+    lst.settimeout(0.5)
+    try:
+        g = fake_gateway(fake_args=("--symlink-to", target), wait_healthy=False)
+        deadline = time.time() + 30
+        m = ""
+        while time.time() < deadline and not re.search(r"^kbox_workers_failed_total [2-9]", m,
+                                                       re.M):
+            time.sleep(0.2)
+            try:
+                m = requests.get(g.url + "/metrics", headers=g.headers(), timeout=5).text
+            except requests.ConnectionError:
+                pass
+        assert re.search(r"^kbox_workers_failed_total [2-9]", m, re.M), m
+        assert "Operation not permitted" in g.read_log()
+        with pytest.raises(socket.timeout):
+            lst.accept()
+    finally:
+        lst.close()
 
 
 def test_output_counts_as_life_without_pongs(fake_gateway):
