@@ -147,6 +147,8 @@ struct gw_exec {
     bool waited_for_start;  /* timed out once before busy: now waiting acquire_timeout_ms */
     bool interrupt_on_busy; /* the client left before the kernel started our request */
     bool kernel_exits;      /* the code called exit(): the kernel ends after its reply */
+    bool aborted;           /* the kernel aborted the request unrun */
+    bool resent;            /* ... and it was sent again (once) */
     char probe_id[40];      /* a kernel_info sent after ours: its idle stands for our lost one */
     bool timed_out;
     bool session_reset;

@@ -314,10 +314,45 @@ static bool asks_exit(const json_t *reply) {
     return false;
 }
 
+/* Aborted unrun: the kernel was stopping on another client's error (stop_on_error) when our
+ * request reached it; ipykernel keeps aborting for a moment after such a cell, the native
+ * kernel aborts what was queued behind it. Each /execute stands alone (it asks with
+ * stop_on_error off), so it goes to the front of the queue to be sent again, once. */
+static bool requeue_aborted(gw_session_t *s, gw_exec_t *e) {
+    if (!e->aborted || e->resent || e->timed_out || !s->worker)
+        return false;
+    exec_out_t *out = exec_out_new(s->gw->cfg.max_output_bytes);
+    if (!out)
+        return false;
+    loop_watch_del(s->gw->loop, &e->timeout_timer);
+    loop_watch_del(s->gw->loop, &e->grace_timer);
+    loop_watch_del(s->gw->loop, &e->idle_timer);
+    exec_out_destroy(&e->out);
+    e->out = out;
+    e->resent = true;
+    e->aborted = e->got_reply = e->got_idle = e->got_busy = e->waited_for_start = false;
+    e->kernel_exits = false;
+    e->probe_id[0] = e->msg_id[0] = '\0';
+    s->running = NULL;
+    TAILQ_INSERT_HEAD(&s->queue, e, link);
+    s->nqueued++;
+    log_info("session", "the kernel aborted a request unrun; sending it again", "{s:s}",
+             "kernel_id", s->kernel_id);
+    return true;
+}
+
 static void maybe_finish(gw_session_t *s) {
     gw_exec_t *e = s->running;
     if (!e || !e->got_reply || !e->got_idle)
         return;
+    if (requeue_aborted(s, e)) {
+        /* Not at once: ipykernel stops aborting at its loop's next turn, which a request
+         * sent straight back can beat. Held as behind a busy kernel, the request goes at the
+         * idle of a probe queued behind that turn. */
+        snprintf(s->execution_state, sizeof s->execution_state, "busy");
+        pump(s);
+        return;
+    }
     bool exits = e->kernel_exits;
     enum gw_outcome o = OUTCOME_OK;
     if (e->timed_out) {
@@ -424,6 +459,8 @@ void gw_session_on_message(gw_session_t *s, jwire_channel_t ch, jwire_msg_t *msg
             exec_out_set_reply(e->out, msg->content);
             e->got_reply = true;
             e->kernel_exits = asks_exit(msg->content);
+            e->aborted =
+                streq(json_string_value(json_object_get(msg->content, "status")), "aborted");
             if (!e->got_idle && !e->idle_timer)
                 e->idle_timer =
                     loop_timer_add(s->gw->loop, IDLE_LATE_MS, IDLE_LATE_MS, on_idle_late, s);

@@ -450,6 +450,29 @@ def test_kernel_death_auto_restarts_with_status(gw):
     api(gw, "DELETE", f"/api/kernels/{kid}")
 
 
+def test_an_execute_aborted_by_another_clients_error_runs_again(gw):
+    # A viewer's cells: the first runs, the second (stop_on_error) fails after a moment. The
+    # agent's /execute waits for the first's idle, then reaches the kernel behind the second,
+    # and the kernel, stopping on that error, aborts it unrun. The gateway sends it again.
+    u = uid()
+    r = gw.execute(u, "n = 0")
+    assert r.status_code == 200, r.text
+    c = ws(gw, r.json()["kernel_id"])
+    first = c.start("import time\ntime.sleep(0.5)")
+    c.wait_for(lambda m: m["parent_header"].get("msg_id") == first and
+               m["header"]["msg_type"] == "execute_input", what="the first cell running")
+    second = c.start("import time\ntime.sleep(0.5)\n1 / 0")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(gw.execute, u, "n += 1\nprint(n)")
+        rep = c.wait_reply_and_idle(second, what="the failing cell")
+        assert rep["content"]["status"] == "error"
+        r = fut.result(timeout=60)
+    assert r.status_code == 200 and r.json()["error"] is None, r.text
+    assert r.json()["stdout"] == "1\n", r.text
+    c.close()
+    gw.release(u)
+
+
 def test_exit_restarts_the_kernel(gw):
     # exit() ends the kernel right after its reply and idle; both reach the client (the
     # gateway's side of a kernel that hung up used to drop what it had not read yet), then
