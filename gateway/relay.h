@@ -5,7 +5,9 @@
  * are copied both ways on the gateway's loop; those from the kernel pass zguard first, and the
  * moment a message is over the limits (or the stream is not ZMTP 3) both connections are
  * closed, before libzmq has buffered it. To libzmq that is the kernel hanging up, which the
- * worker already handles (its disconnect monitor); gw_relay_why() says what happened. */
+ * worker already handles (its disconnect monitor); gw_relay_why() says what happened. When
+ * the kernel itself hangs up, its last bytes are delivered and the gateway's side stays open
+ * a moment longer (relay.c: libzmq drops what it has not handed over when that closes). */
 #pragma once
 #include "loop.h"
 
