@@ -593,6 +593,128 @@ def _install_fast_paths(shell):
     shell.transform_cell = shell_transform_cell
 
 
+# ---- asyncio: the kernel's event loop, as ipykernel has one ------------------------------
+#
+# ipykernel runs every request inside its asyncio loop, and users count on three things that
+# follow: a task or callback a cell schedules keeps running between cells; a synchronous cell
+# sees a running loop (`asyncio.create_task`, `get_running_loop()`; hence also `asyncio.run()`
+# and `loop.run_until_complete()` refuse to run there); `await` cells run on that same loop.
+# Here the loop runs only when it has something to do, so a kernel whose user never touches
+# asyncio pays nothing for it (docs/BENCHMARKS.md counts instructions per request):
+#   - an `await` cell: IPython's runner runs it on this loop (its loop global points here);
+#   - a synchronous cell: the loop is marked running for the cell's length (is_running(),
+#     the thread's running loop), exactly what such a cell sees inside ipykernel's loop,
+#     which is blocked by the cell there too;
+#   - between requests the C side asks loop_state(): with callbacks due or timers pending, it
+#     runs the loop (run_loop) until the next request arrives; otherwise it sleeps in poll()
+#     on the request fds plus the loop's selector, which becomes readable when a socket,
+#     pipe or call_soon_threadsafe() wakes a watched fd.
+
+_loop = None
+
+
+def _kernel_loop():
+    """The kernel's loop, made (again, if user code closed it) on demand."""
+    global _loop
+    if _loop is None or _loop.is_closed():
+        import asyncio
+
+        from IPython.core import async_helpers
+
+        class KernelEventLoop(asyncio.SelectorEventLoop):
+            _in_cell = False  # a synchronous cell runs: the loop is blocked, not stopped
+
+            def is_running(self):
+                return self._in_cell or super().is_running()
+
+        _loop = KernelEventLoop()
+        asyncio.set_event_loop(_loop)
+        async_helpers._asyncio_event_loop = _loop  # what IPython's `await` runner uses
+    return _loop
+
+
+def _install_loop():
+    import asyncio.events as events
+
+    from IPython.core import interactiveshell
+
+    plain = interactiveshell._pseudo_sync_runner
+
+    def sync_cell_runner(coro):
+        """IPython's runner for cells without top-level await, with the loop marked running
+        (and restored after, for a cell that runs cells)."""
+        loop = _kernel_loop()
+        outer = (loop._in_cell, events._get_running_loop())
+        loop._in_cell = True
+        events._set_running_loop(loop)
+        try:
+            return plain(coro)
+        finally:
+            loop._in_cell = outer[0]
+            events._set_running_loop(outer[1])
+
+    interactiveshell._pseudo_sync_runner = sync_cell_runner
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _kernel_loop()
+
+
+def loop_state():
+    """Between requests (C): -2 if the loop has callbacks ready or timers pending (so it
+    should run), else the fd of its selector to sleep on, or -1 when there is no loop.
+    Reads the loop's queues (BaseEventLoop's `_ready`, `_scheduled`, `_selector`): asyncio
+    has no public way to ask whether a loop has work."""
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return -1
+    if loop._ready or loop._scheduled:
+        return -2
+    return loop._selector.fileno()
+
+
+def _ignore_sigint(signum, frame):
+    pass
+
+
+_between_requests = False  # run_loop is running the loop
+_forked = False
+
+
+def _after_fork_in_child():
+    """A task that forks: the child finishes the callback it is in, then leaves (C ends it
+    when run_loop returns), as a child forked in a cell ends with the cell. It must not touch
+    the loop's selector on its way out: the epoll instance is the parent's too."""
+    global _forked
+    _forked = True
+    if _between_requests:
+        _loop.stop()
+
+
+def run_loop(wake_fd):
+    """Runs the loop between requests until wake_fd (the request queue's) is readable.
+    An interrupt there does nothing, as in ipykernel outside a request: it may be late for
+    the cell it was meant for, and must not kill a background task instead. (A handler that
+    does nothing rather than SIG_IGN, which processes the tasks start would inherit.)"""
+    global _between_requests
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, _ignore_sigint)
+    loop.add_reader(wake_fd, loop.stop)
+    _between_requests = True
+    try:
+        loop.run_forever()
+    except BaseException:  # SystemExit or KeyboardInterrupt raised by a callback
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        _between_requests = False
+        if not _forked:
+            loop.remove_reader(wake_fd)
+            signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+
+
 def init():
     """Called once by C, before the first request."""
     global shell
@@ -610,6 +732,7 @@ def init():
     kernel.shell = shell
     _kernel_magics(shell)
     _install_fast_paths(shell)
+    _install_loop()
     if "" not in sys.path:
         sys.path.insert(0, "")  # import from the working directory, as ipykernel does
     sys.meta_path.insert(0, _IpykernelCommAlias())

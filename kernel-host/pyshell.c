@@ -51,7 +51,7 @@ static kshared_t *S;
 static volatile bool forked; /* set in a child of os.fork(): never touch the queues there */
 
 static PyObject *glue, *g_shell, *g_run, *g_user_expressions, *g_complete, *g_inspect,
-    *g_is_complete, *g_history, *g_at_exit, *g_comm, *g_comm_info;
+    *g_is_complete, *g_history, *g_at_exit, *g_comm, *g_comm_info, *g_loop_state, *g_run_loop;
 static PyObject *s_execution_count, *s_flush;
 static PyObject *StdinNotImplementedError;
 
@@ -968,9 +968,44 @@ static void serve(const kreq_t *r) {
     }
 }
 
+/* The asyncio loop between requests (pyglue.py explains when): LOOP_DUE if it has work now,
+ * else the fd to sleep on for it, or -1. */
+#define LOOP_DUE (-2)
+
+static void log_python_error(const char *msg);
+
+static int loop_state(void) {
+    PyObject *r = PyObject_CallNoArgs(g_loop_state);
+    long v = r ? PyLong_AsLong(r) : -1;
+    Py_XDECREF(r);
+    if (PyErr_Occurred()) {
+        log_python_error("asyncio loop state unknown");
+        return -1;
+    }
+    return (int)v;
+}
+
+/* Runs the loop's callbacks, user code that may take as long as it likes: the I/O thread
+ * serves the sockets meanwhile, and the flusher sends partial lines. Returns when a request
+ * is queued. */
+static void run_asyncio(void) {
+    kio_py_loop_start(S);
+    atomic_store(&cell_running, true);
+    PyObject *r = PyObject_CallFunction(g_run_loop, "i", kq_fd(S->req_q));
+    atomic_store(&cell_running, false);
+    if (!r)
+        log_python_error("asyncio loop failed");
+    Py_XDECREF(r);
+    if (forked)
+        _exit(0); /* a child of os.fork() in a task: it has no kernel to serve */
+    flush_std();
+    kio_py_request_end(S);
+}
+
 /* The next request; between requests the Python thread serves the sockets itself (when it
- * owns them) and sleeps in poll() with the GIL released. */
+ * owns them) and sleeps in poll() with the GIL released, or runs the asyncio loop. */
 static kreq_t *next_request(void) {
+    bool loop_woke = false; /* the loop's selector became readable */
     for (;;) {
         kq_ack(S->req_q);
         kreq_t *r = kq_pop(S->req_q);
@@ -979,11 +1014,20 @@ static kreq_t *next_request(void) {
         kio_py_service(S);
         if ((r = kq_pop(S->req_q)))
             return r;
-        struct pollfd fds[8];
+        int lfd = loop_state();
+        if (lfd == LOOP_DUE || loop_woke) {
+            loop_woke = false;
+            run_asyncio();
+            continue;
+        }
+        struct pollfd fds[9];
         int nfds = kio_py_wait_fds(S, fds);
+        if (lfd >= 0)
+            fds[nfds++] = (struct pollfd){.fd = lfd, .events = POLLIN};
         int n;
         Py_BEGIN_ALLOW_THREADS n = poll(fds, (nfds_t)nfds, -1);
         Py_END_ALLOW_THREADS if (n < 0) discard_signals();
+        else if (lfd >= 0 && fds[nfds - 1].revents) loop_woke = true;
     }
 }
 
@@ -1100,7 +1144,8 @@ int kpy_run(kshared_t *sh) {
         !(g_complete = glue_fn("complete")) || !(g_inspect = glue_fn("inspect")) ||
         !(g_is_complete = glue_fn("is_complete")) || !(g_history = glue_fn("history")) ||
         !(g_at_exit = glue_fn("at_exit")) || !(g_comm = glue_fn("comm")) ||
-        !(g_comm_info = glue_fn("comm_info")))
+        !(g_comm_info = glue_fn("comm_info")) || !(g_loop_state = glue_fn("loop_state")) ||
+        !(g_run_loop = glue_fn("run_loop")))
         return -EIO;
     flush_std();
     flusher_start();

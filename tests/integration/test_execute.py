@@ -245,6 +245,19 @@ def test_two_first_requests_one_worker(gw):
     gw.release(u)
 
 
+def test_background_task_runs_between_requests(gw):
+    """An asyncio task a request starts keeps running while the session is idle (both
+    kernels run their event loop between requests)."""
+    u = uid()
+    r = gw.execute(u, "import asyncio\nticks = []\nasync def tick():\n    while True:\n"
+                      "        ticks.append(1)\n        await asyncio.sleep(0.02)\n"
+                      "task = asyncio.create_task(tick())")
+    assert r.status_code == 200 and r.json()["error"] is None, r.text
+    time.sleep(0.5)
+    r = gw.execute(u, "print(len(ticks) >= 5)")
+    assert r.status_code == 200 and r.json()["stdout"] == "True\n", r.text
+
+
 def test_requests_run_in_order(gw):
     u = uid()
     gw.execute(u, "seq = []")

@@ -122,6 +122,36 @@ def test_fork_child_that_keeps_running(k):
     assert alive(k)
 
 
+def test_fork_in_a_task_between_cells(k):
+    """os.fork() in an asyncio task while the kernel is idle: the child finishes the callback
+    it is in and ends at once (it has no kernel to serve), and leaves the parent's loop intact
+    (the epoll instance is shared: a child tidying it would stop the parent hearing requests).
+    A task of the parent's reaps it, so the cell sees whether it ended before any request."""
+    reply, _ = k.execute(
+        "import asyncio, os, time\n"
+        "pids, ended = [], []\n"
+        "async def forker():\n"
+        "    await asyncio.sleep(0.1)\n"
+        "    pid = os.fork()\n"
+        "    if pid:\n"
+        "        pids.append(pid)\n"
+        "async def reaper():\n"  # also keeps the parent's loop running between cells
+        "    while True:\n"
+        "        await asyncio.sleep(0.02)\n"
+        "        if pids and not ended and os.waitpid(pids[0], os.WNOHANG)[0]:\n"
+        "            ended.append(time.monotonic())\n"
+        "t1, t2 = asyncio.ensure_future(forker()), asyncio.ensure_future(reaper())")
+    assert reply["status"] == "ok"
+    time.sleep(1)
+    for _ in range(3):
+        reply, out = k.execute("t = time.monotonic()\nprint(len(pids), len(ended), ended[0] < t)",
+                               timeout=10)
+        assert reply["status"] == "ok", reply
+        assert stream_text(out) == "1 1 True\n"
+    k.execute("t2.cancel()")
+    assert alive(k)
+
+
 def test_recursion_bomb(k):
     reply, out = k.execute("def f(): return f()\nf()")
     assert reply["status"] == "error" and reply["ename"] == "RecursionError"
