@@ -56,6 +56,15 @@ static const struct opt opts[] = {
      "workers starting at once (kernel starts are CPU-bound; a queue serves the first sooner)"},
     {"max-body-bytes", OPT_U64, O(max_body_bytes), 0, 1024, 1073741824, "4194304",
      "largest HTTP request body"},
+    {"max-connections", OPT_U32, O(max_connections), 0, 1, 1000000, "1024",
+     "HTTP connections open at once (beyond: 503 too_many_connections)"},
+    {"max-connections-per-address", OPT_U32, O(max_connections_per_address), 0, 0, 1000000, "256",
+     "HTTP connections open at once from one client address (IPv6: one /64), so one client "
+     "cannot hold them all; 0 = no limit but max-connections (behind a reverse proxy every "
+     "client has the proxy's address)"},
+    {"client-timeout-s", OPT_U64, O(client_timeout_s), 0, 1, 86400, "60",
+     "a request (head and body) must arrive within this, a keep-alive connection may idle "
+     "this long, and a client that stops reading a response is dropped after it"},
     {"max-code-bytes", OPT_U64, O(max_code_bytes), 0, 1, 1073741824, "1048576",
      "largest code string"},
     {"kernel", OPT_STR, O(kernel), S(kernel), 0, 0, "native",

@@ -29,6 +29,9 @@ typedef struct {
     uint32_t max_starting_workers; /* concurrent starts; more would only slow each other */
     uint64_t max_body_bytes;
     uint64_t max_code_bytes;
+    uint32_t max_connections;
+    uint32_t max_connections_per_address; /* 0 = no limit but max_connections */
+    uint64_t client_timeout_s;
     char kernel[16];   /* "ipykernel" | "native" */
     char launcher[16]; /* "runc" | "process" */
     /* How the gateway reaches a worker's kernel: "ipc" (socket files in the worker's run dir;

@@ -185,6 +185,10 @@ int gw_new(const gw_config_t *cfg, gw_t **ret) {
     http_server_config_t hc = {
         .max_body_bytes = cfg->max_body_bytes,
         .max_outbuf_bytes = 4 * cfg->max_output_bytes + (1u << 20),
+        .max_connections = cfg->max_connections,
+        .max_connections_per_peer =
+            cfg->max_connections_per_address ? cfg->max_connections_per_address : SIZE_MAX,
+        .idle_timeout_ms = cfg->client_timeout_s * 1000,
     };
     http_handlers_t hh = {.on_request = gw_api_on_request, .on_close = gw_api_on_close};
     gw->http = http_server_new(gw->loop, &hc, &hh, gw);

@@ -98,6 +98,8 @@ struct http_conn {
     void *user;
     unsigned busy;
     bool closed, defer_pending, peer_eof, broken, expired;
+    bool has_peer_key;
+    uint8_t peer_key[16]; /* whose connection it is, for max_connections_per_peer */
     char peer[64];
 
     size_t rpos, rlen;
@@ -110,6 +112,7 @@ static const http_server_config_t defaults = {
     .max_body_bytes = 2 * 1024 * 1024,
     .drain_bytes = 8 * 1024 * 1024,
     .max_connections = 1024,
+    .max_connections_per_peer = SIZE_MAX,
     .max_outbuf_bytes = 8 * 1024 * 1024,
     .idle_timeout_ms = 60000,
 };
@@ -1128,6 +1131,38 @@ static void conn_on_io(loop_t *loop, loop_watch_t *w, int fd, unsigned events, v
     conn_release(c);
 }
 
+/* The peer a connection counts against: an IPv4 address (as ::ffff:a.b.c.d), or an IPv6
+ * address's /64, the least a host is given (one host can pick any address in it). False for
+ * other families (a Unix socket handed to http_server_adopt), which have no limit. */
+static bool peer_key(const struct sockaddr *sa, uint8_t key[16]) {
+    memset(key, 0, 16);
+    if (sa && sa->sa_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return true;
+    }
+    if (sa && sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        memcpy(key, a, IN6_IS_ADDR_V4MAPPED(a) ? 16 : 8);
+        return true;
+    }
+    return false;
+}
+
+/* Whether the peer of sa already holds max_connections_per_peer connections. A scan of at
+ * most max_connections entries per accept, only when the limit is set. */
+static bool peer_over_limit(const http_server_t *s, const struct sockaddr *sa) {
+    uint8_t key[16];
+    if (s->cfg.max_connections_per_peer >= s->cfg.max_connections || !peer_key(sa, key))
+        return false;
+    size_t n = 0;
+    for (const http_conn_t *c = s->head; c; c = c->next)
+        if (c->has_peer_key && memcmp(c->peer_key, key, sizeof key) == 0 &&
+            ++n >= s->cfg.max_connections_per_peer)
+            return true;
+    return false;
+}
+
 static int conn_add(http_server_t *s, int fd, const struct sockaddr *sa) {
     _cleanup_close_ int cfd = fd;
     http_conn_t *c = calloc(1, sizeof *c);
@@ -1137,6 +1172,7 @@ static int conn_add(http_server_t *s, int fd, const struct sockaddr *sa) {
     c->server = s;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
+    c->has_peer_key = peer_key(sa, c->peer_key);
     if (sa && sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         char a[INET_ADDRSTRLEN];
@@ -1172,14 +1208,14 @@ static int conn_add(http_server_t *s, int fd, const struct sockaddr *sa) {
 
 /* Over the limit: answer without reading the request, half-close, and drop what already
  * arrived so the close is less likely to turn into a reset that hides the 503. */
-static void reject_busy(int fd) {
-    static const char body[] =
-        "{\"error\": \"too_many_connections\", \"detail\": \"connection limit reached\"}";
-    char resp[256], sink[1024];
+static void reject_busy(int fd, const char *detail) {
+    char body[128], resp[384], sink[1024];
+    int blen = snprintf(body, sizeof body,
+                        "{\"error\": \"too_many_connections\", \"detail\": \"%s\"}", detail);
     int n = snprintf(resp, sizeof resp,
                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     sizeof body - 1, body);
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                     blen, body);
     (void)!send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(fd, SHUT_WR);
     (void)!recv(fd, sink, sizeof sink, MSG_DONTWAIT);
@@ -1204,7 +1240,11 @@ static void on_accept(loop_t *loop, loop_watch_t *w, int lfd, unsigned events, v
             return;
         }
         if (s->nconns >= s->cfg.max_connections) {
-            reject_busy(fd);
+            reject_busy(fd, "connection limit reached");
+            continue;
+        }
+        if (peer_over_limit(s, (struct sockaddr *)&ss)) {
+            reject_busy(fd, "connection limit per client address reached");
             continue;
         }
         int one = 1;
@@ -1279,6 +1319,7 @@ http_server_t *http_server_new(loop_t *loop, const http_server_config_t *cfg,
     DEF(max_body_bytes);
     DEF(drain_bytes);
     DEF(max_connections);
+    DEF(max_connections_per_peer);
     DEF(max_outbuf_bytes);
     DEF(idle_timeout_ms);
 #undef DEF
@@ -1383,6 +1424,8 @@ int http_server_adopt(http_server_t *s, int fd) {
     socklen_t sl = sizeof ss;
     if (getpeername(cfd, (struct sockaddr *)&ss, &sl) < 0)
         ss.ss_family = AF_UNSPEC;
+    if (peer_over_limit(s, (struct sockaddr *)&ss))
+        return -EBUSY;
     int one = 1;
     (void)setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return conn_add(s, TAKE_FD(cfd), (struct sockaddr *)&ss);

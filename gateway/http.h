@@ -52,11 +52,14 @@ typedef struct {
 } http_handlers_t;
 
 typedef struct {
-    size_t max_header_bytes;  /* default 16 KiB -> 431 */
-    size_t max_headers;       /* default 64 -> 431 */
-    size_t max_body_bytes;    /* default 2 MiB -> 413 */
-    size_t drain_bytes;       /* read and discard up to this much of an oversized body: 8 MiB */
-    size_t max_connections;   /* default 1024 */
+    size_t max_header_bytes; /* default 16 KiB -> 431 */
+    size_t max_headers;      /* default 64 -> 431 */
+    size_t max_body_bytes;   /* default 2 MiB -> 413 */
+    size_t drain_bytes;      /* read and discard up to this much of an oversized body: 8 MiB */
+    size_t max_connections;  /* default 1024 */
+    /* From one client address (an IPv6 /64), so one client cannot take every connection
+     * (holding them open with slow requests): default no limit but max_connections. */
+    size_t max_connections_per_peer;
     size_t max_outbuf_bytes;  /* per connection, for streamed responses; default 8 MiB */
     uint64_t idle_timeout_ms; /* keep-alive idle / slow request; default 60000 */
 } http_server_config_t;

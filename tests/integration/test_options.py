@@ -1,7 +1,9 @@
 """Gateway options take effect: each test configures one option so that ignoring it (running
 with the default instead) would make the test fail, not just checks that it is accepted."""
 import os
+import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +37,59 @@ def test_exec_timeout_caps_request_timeout(make_gateway):
     r = g.execute(u, SLEEP_FOREVER, timeout_ms=300, http_timeout=60)
     assert r.json()["timed_out"] is True and time.time() - t0 < 1.4
     assert g.execute(u, "print(kept)").json()["stdout"] == "7\n"
+
+
+def _raw(g, source="127.0.0.1"):
+    return socket.create_connection(("127.0.0.1", g.port), timeout=10,
+                                    source_address=(source, 0))
+
+
+def _read_all(s):
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_connection_limits_and_client_timeout(make_gateway):
+    """--max-connections-per-address: a client holding its share of connections (idle, or
+    sending a request slowly) gets a clear 503 for the next, and others are unaffected;
+    --client-timeout-s: a request that does not arrive in time loses its connection, which
+    frees the slot."""
+    g = make_gateway(["--min-idle-workers", "0", "--max-connections-per-address", "2",
+                      "--client-timeout-s", "2"]).start()
+    time.sleep(0.3)  # the start's health checks have closed their connections
+    held = [_raw(g), _raw(g)]
+    held[1].sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Le")  # a slow head
+    time.sleep(0.2)
+    third = _raw(g)
+    data = _read_all(third)
+    third.close()
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["error"] == "too_many_connections" and "per client address" in body["detail"]
+    other = _raw(g, source="127.0.0.2")  # another address (all of 127/8 is this host's)
+    other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = _read_all(other)
+    other.close()
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    # Both held connections are closed by the client timeout (2 s, swept every 0.5 s), not
+    # the default 60 s, which frees their slots.
+    t0 = time.time()
+    for s in held:
+        data = _read_all(s)
+        assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data
+        s.close()
+    took = time.time() - t0
+    assert took < 8, took
+    r = requests.get(g.url + "/healthz", timeout=10)
+    assert r.status_code == 200, r.text
 
 
 def test_max_code_bytes(make_gateway):

@@ -32,6 +32,9 @@ static void test_defaults(void **state) {
     assert_int_equal(c.idle_timeout_s, 3600);
     assert_int_equal(c.max_output_bytes, 1048576);
     assert_int_equal(c.max_queue, 32);
+    assert_int_equal(c.max_connections, 1024);
+    assert_int_equal(c.max_connections_per_address, 256);
+    assert_int_equal(c.client_timeout_s, 60);
 }
 
 static void test_env_then_argv(void **state) {
@@ -72,6 +75,10 @@ static void test_errors(void **state) {
     char *none[] = {"gw", NULL};
     assert_int_equal(gw_config_load(&c, 1, none, fake_getenv, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "WORKER_RAM_MB"));
+    char *per_addr[] = {"gw", "--max-connections-per-address", "0", "--client-timeout-s", "0",
+                        NULL};
+    assert_int_equal(gw_config_load(&c, 5, per_addr, no_env, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "client-timeout-s")); /* 0 = no limit is for the per-address one */
     char *help[] = {"gw", "--help", NULL};
     assert_int_equal(gw_config_load(&c, 2, help, no_env, err, sizeof err), 1);
     assert_non_null(strstr(gw_config_usage(), "--idle-timeout-s"));

@@ -780,19 +780,28 @@ static void test_destroy_closes(void **state) {
     h_free(h);
 }
 
-static void c_max_conns(struct harness *h) {
-    struct client a, b, c;
-    if (cl_open(&a, h->port, 0) < 0 || cl_open(&b, h->port, 0) < 0)
-        return;
-    cl_send(&a, "GET /echo/a HTTP/1.1\r\nHost: x\r\n\r\n");
-    cl_read_response(&a, next_resp(h), false);
-    cl_send(&b, "GET /echo/b HTTP/1.1\r\nHost: x\r\n\r\n");
-    cl_read_response(&b, next_resp(h), false);
+/* Two connections, a request on each, then a third connection whose answer (a refusal)
+ * goes to ints[0] (read result) and ints[1] (closed after it). False if a connect failed. */
+static bool two_then_a_third(struct harness *h, struct client *a, struct client *b) {
+    struct client c;
+    if (cl_open(a, h->port, 0) < 0 || cl_open(b, h->port, 0) < 0)
+        return false;
+    cl_send(a, "GET /echo/a HTTP/1.1\r\nHost: x\r\n\r\n");
+    cl_read_response(a, next_resp(h), false);
+    cl_send(b, "GET /echo/b HTTP/1.1\r\nHost: x\r\n\r\n");
+    cl_read_response(b, next_resp(h), false);
     if (cl_open(&c, h->port, 0) < 0)
-        return;
+        return false;
     h->ints[0] = cl_read_response(&c, next_resp(h), false);
     h->ints[1] = cl_wait_eof(&c);
     cl_close(&c);
+    return true;
+}
+
+static void c_max_conns(struct harness *h) {
+    struct client a, b;
+    if (!two_then_a_third(h, &a, &b))
+        return;
     cl_close(&a);
     cl_close(&b);
 }
@@ -809,6 +818,45 @@ static void test_max_connections(void **state) {
     assert_int_equal(h->ints[1], 1);
     assert_int_equal(h->max_seen_conns, 2);
     assert_int_equal(h->requests, 2);
+    h_free(h);
+}
+
+static void c_max_conns_per_peer(struct harness *h) {
+    struct client a, b, d;
+    if (!two_then_a_third(h, &a, &b))
+        return;
+    /* A closed connection gives its slot back (once the server has seen the close). */
+    cl_close(&a);
+    struct resp *r = next_resp(h);
+    for (int i = 0; i < 100; i++) {
+        if (cl_open(&d, h->port, 0) < 0)
+            return;
+        cl_send(&d, "GET /echo/d HTTP/1.1\r\nHost: x\r\n\r\n");
+        int rc = cl_read_response(&d, r, false);
+        cl_close(&d);
+        if (rc != 0 || r->status != 503)
+            break; /* retried only while the server has not yet seen a's close */
+        free(r->body);
+        r->body = NULL;
+        struct timespec ts = {.tv_nsec = 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cl_close(&b);
+}
+
+static void test_max_connections_per_peer(void **state) {
+    http_server_config_t cfg = {.max_connections = 10, .max_connections_per_peer = 2};
+    struct harness *h = h_new(&cfg);
+    h_run(h, c_max_conns_per_peer, no_conns);
+    assert_int_equal(h->r[0].status, 200);
+    assert_int_equal(h->r[1].status, 200);
+    assert_int_equal(h->ints[0], 0);
+    assert_int_equal(h->r[2].status, 503);
+    assert_non_null(strstr(h->r[2].body, "too_many_connections"));
+    assert_non_null(strstr(h->r[2].body, "per client address"));
+    assert_int_equal(h->ints[1], 1);
+    assert_int_equal(h->r[3].status, 200);
+    assert_int_equal(h->max_seen_conns, 2);
     h_free(h);
 }
 
@@ -924,6 +972,7 @@ int main(void) {
         cmocka_unit_test(test_peer_gone_mid_request),
         cmocka_unit_test(test_destroy_closes),
         cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_max_connections_per_peer),
         cmocka_unit_test(test_handler_misuse),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_status_text),
