@@ -1212,6 +1212,7 @@ int khost_kernel_run(const char *conn_file) {
     kio_t *io = &io_state;
     sh.start_us = now_mono_us();
     sh.main_thread = pthread_self();
+    sh.conn_file = conn_file;
     (void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     json_object_seed(0); /* before any thread: jansson seeds its hash lazily otherwise */
 

@@ -715,7 +715,7 @@ def run_loop(wake_fd):
             signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
 
 
-def init():
+def init(connection_file=""):
     """Called once by C, before the first request."""
     global shell
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -733,6 +733,11 @@ def init():
     _kernel_magics(shell)
     _install_fast_paths(shell)
     _install_loop()
+    if connection_file:
+        # What ipykernel's application leaves in the shell's config, and what libraries read
+        # to tell a notebook kernel from a terminal (`'IPKernelApp' in get_ipython().config`:
+        # tqdm.autonotebook, transformers, plotly's renderer choice...).
+        shell.config.IPKernelApp.connection_file = connection_file
     if "" not in sys.path:
         sys.path.insert(0, "")  # import from the working directory, as ipykernel does
     sys.meta_path.insert(0, _IpykernelCommAlias())

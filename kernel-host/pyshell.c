@@ -1126,7 +1126,7 @@ int kpy_run(kshared_t *sh) {
         return -EIO;
     }
     PyObject *init = glue_fn("init");
-    g_shell = init ? PyObject_CallNoArgs(init) : NULL;
+    g_shell = init ? PyObject_CallFunction(init, "s", S->conn_file ? S->conn_file : "") : NULL;
     Py_XDECREF(init);
     if (!g_shell) {
         log_python_error("IPython shell failed to start");

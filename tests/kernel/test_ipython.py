@@ -451,3 +451,14 @@ def test_kernel_magics_as_ipykernel(k, tmp_path):
         reply, out = k.execute(f"%{magic}")
         assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
         assert "is not available" in reply["evalue"], reply
+
+
+def test_notebook_detection_idioms(k):
+    """What libraries read to tell a notebook kernel from a terminal IPython (tqdm.autonotebook,
+    transformers' is_notebook, plotly's renderer choice) answers as under ipykernel."""
+    reply, out = k.execute("ip = get_ipython()\n"
+                           "('IPKernelApp' in ip.config, type(ip).__name__, "
+                           "ip.config.IPKernelApp.connection_file)")
+    assert reply["status"] == "ok", reply
+    assert result(out)["data"]["text/plain"] == repr(
+        (True, "ZMQInteractiveShell", k.km.connection_file))
