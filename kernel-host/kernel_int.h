@@ -91,7 +91,7 @@ typedef struct {
     kq_t *out_q;
     json_t *kernel_info; /* kernel_info_reply content, immutable */
     char session[37];
-    const char *conn_file; /* as given (-f), for IPython's config */
+    const char *conn_file;     /* as given (-f), for IPython's config */
     _Atomic uint64_t last_seq; /* seq of the newest shell request queued for Python */
     int log_fd;                /* the kernel host's own stderr (fd 2 is the user's pipe) */
     int out_w[2];              /* private copies of the pipes behind fds 1 and 2 */
