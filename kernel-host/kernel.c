@@ -1021,23 +1021,13 @@ int kio_py_wait_fds(kshared_t *sh, struct pollfd *fds) {
     return n;
 }
 
-/* The Python thread is about to run user code: the I/O thread takes the sockets if it runs
- * for takeover_us. */
-static void py_busy(kshared_t *sh, long takeover_us) {
+void kio_py_request_start(kshared_t *sh) {
     kio_t *io = &io_state;
     if (atomic_load(&sh->forked))
         return;
     atomic_store(&io->in_request, true);
     if (atomic_load(&io->owner) == OWNER_PY)
-        timer_set(io->takeover_fd, takeover_us);
-}
-
-void kio_py_request_start(kshared_t *sh) {
-    py_busy(sh, KIO_TAKEOVER_US);
-}
-
-void kio_py_loop_start(kshared_t *sh) {
-    py_busy(sh, 1); /* at once: callbacks may run for as long as they like */
+        timer_set(io->takeover_fd, KIO_TAKEOVER_US);
 }
 
 void kio_py_request_end(kshared_t *sh) {

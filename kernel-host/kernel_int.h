@@ -128,9 +128,6 @@ int kio_py_wait_fds(kshared_t *sh, struct pollfd *fds);
  * (or lets the I/O thread do it, if it took over). */
 void kio_py_request_start(kshared_t *sh);
 void kio_py_request_end(kshared_t *sh);
-/* Before the asyncio loop runs user callbacks between requests (for as long as they take):
- * the I/O thread takes the sockets at once; kio_py_request_end() ends it. */
-void kio_py_loop_start(kshared_t *sh);
 /* input(): the I/O thread must own the sockets (to send input_request, read stdin). */
 void kio_py_need_io(kshared_t *sh);
 /* Shutdown after the atexit handlers: sends what is queued, closes, exits 0. */

@@ -15,6 +15,8 @@ import re
 import signal
 import sys
 
+import _signal
+
 import _kbox
 
 SESSION = 1  # history session number of this kernel (history is in memory only)
@@ -605,10 +607,10 @@ def _install_fast_paths(shell):
 #   - a synchronous cell: the loop is marked running for the cell's length (is_running(),
 #     the thread's running loop), exactly what such a cell sees inside ipykernel's loop,
 #     which is blocked by the cell there too;
-#   - between requests the C side asks loop_state(): with callbacks due or timers pending, it
-#     runs the loop (run_loop) until the next request arrives; otherwise it sleeps in poll()
-#     on the request fds plus the loop's selector, which becomes readable when a socket,
-#     pipe or call_soon_threadsafe() wakes a watched fd.
+#   - between requests the C side asks loop_state() and sleeps in poll() on the request fds
+#     plus the loop's selector (readable when a socket, a pipe or call_soon_threadsafe()
+#     wakes a fd the loop watches) until the earliest timer; then it runs one pass of the
+#     loop (run_loop_once), and asks again. A request waits at most for the pass in course.
 
 _loop = None
 
@@ -654,65 +656,50 @@ def _install_loop():
             events._set_running_loop(outer[1])
 
     interactiveshell._pseudo_sync_runner = sync_cell_runner
-    os.register_at_fork(after_in_child=_after_fork_in_child)
     _kernel_loop()
 
 
 def loop_state():
-    """Between requests (C): -2 if the loop has callbacks ready or timers pending (so it
-    should run), else the fd of its selector to sleep on, or -1 when there is no loop.
-    Reads the loop's queues (BaseEventLoop's `_ready`, `_scheduled`, `_selector`): asyncio
-    has no public way to ask whether a loop has work."""
+    """Between requests (C): (fd, timeout_ms). fd: the loop's selector, readable once a fd the
+    loop watches is (-1: no loop); timeout_ms: 0 if callbacks are ready, else until the
+    earliest timer, -1 without one. Reads the loop's queues (BaseEventLoop's `_ready`,
+    `_scheduled`, `_selector`): asyncio has no public way to ask whether a loop has work."""
     loop = _loop
     if loop is None or loop.is_closed():
-        return -1
-    if loop._ready or loop._scheduled:
-        return -2
-    return loop._selector.fileno()
+        return (-1, -1)
+    fd = loop._selector.fileno()
+    if loop._ready:
+        return (fd, 0)
+    if not loop._scheduled:
+        return (fd, -1)
+    left = loop._scheduled[0].when() - loop.time()  # a heap: the earliest first
+    return (fd, 0 if left <= 0 else int(left * 1000) + 1)
 
 
 def _ignore_sigint(signum, frame):
     pass
 
 
-_between_requests = False  # run_loop is running the loop
-_forked = False
-
-
-def _after_fork_in_child():
-    """A task that forks: the child finishes the callback it is in, then leaves (C ends it
-    when run_loop returns), as a child forked in a cell ends with the cell. It must not touch
-    the loop's selector on its way out: the epoll instance is the parent's too."""
-    global _forked
-    _forked = True
-    if _between_requests:
-        _loop.stop()
-
-
-def run_loop(wake_fd):
-    """Runs the loop between requests until wake_fd (the request queue's) is readable.
-    An interrupt there does nothing, as in ipykernel outside a request: it may be late for
+def run_loop_once():
+    """One pass of the loop between requests: the events its selector has (without waiting),
+    then the callbacks due (`stop()` before `run_forever()` does exactly that).
+    An interrupt meanwhile does nothing, as in ipykernel outside a request: it may be late for
     the cell it was meant for, and must not kill a background task instead. (A handler that
     does nothing rather than SIG_IGN, which processes the tasks start would inherit.)"""
-    global _between_requests
     loop = _loop
     if loop is None or loop.is_closed():
         return
-    old = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, _ignore_sigint)
-    loop.add_reader(wake_fd, loop.stop)
-    _between_requests = True
+    # _signal, not signal: its wrappers' enum conversions were a third of a pass's cost
+    old = _signal.signal(_signal.SIGINT, _ignore_sigint)
     try:
+        loop.stop()
         loop.run_forever()
     except BaseException:  # SystemExit or KeyboardInterrupt raised by a callback
         import traceback
 
         traceback.print_exc()
     finally:
-        _between_requests = False
-        if not _forked:
-            loop.remove_reader(wake_fd)
-            signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+        _signal.signal(_signal.SIGINT, old if old is not None else _signal.default_int_handler)
 
 
 def init(connection_file=""):

@@ -968,30 +968,30 @@ static void serve(const kreq_t *r) {
     }
 }
 
-/* The asyncio loop between requests (pyglue.py explains when): LOOP_DUE if it has work now,
- * else the fd to sleep on for it, or -1. */
-#define LOOP_DUE (-2)
-
+/* The asyncio loop between requests (pyglue.py): the fd to sleep on for it (-1: none), and
+ * in *timeout_ms how long until it has callbacks due (0: now, -1: no timer). */
 static void log_python_error(const char *msg);
 
-static int loop_state(void) {
+static int loop_state(int *timeout_ms) {
+    int fd = -1;
+    *timeout_ms = -1;
     PyObject *r = PyObject_CallNoArgs(g_loop_state);
-    long v = r ? PyLong_AsLong(r) : -1;
-    Py_XDECREF(r);
-    if (PyErr_Occurred()) {
+    if (!r || !PyArg_ParseTuple(r, "ii", &fd, timeout_ms)) {
+        Py_XDECREF(r);
         log_python_error("asyncio loop state unknown");
+        *timeout_ms = -1;
         return -1;
     }
-    return (int)v;
+    Py_DECREF(r);
+    return fd;
 }
 
-/* Runs the loop's callbacks, user code that may take as long as it likes: the I/O thread
- * serves the sockets meanwhile, and the flusher sends partial lines. Returns when a request
- * is queued. */
+/* One pass of the loop: user code, timed like a request (past the takeover delay the I/O
+ * thread serves the sockets; the flusher sends partial lines). */
 static void run_asyncio(void) {
-    kio_py_loop_start(S);
+    kio_py_request_start(S);
     atomic_store(&cell_running, true);
-    PyObject *r = PyObject_CallFunction(g_run_loop, "i", kq_fd(S->req_q));
+    PyObject *r = PyObject_CallNoArgs(g_run_loop);
     atomic_store(&cell_running, false);
     if (!r)
         log_python_error("asyncio loop failed");
@@ -1003,9 +1003,8 @@ static void run_asyncio(void) {
 }
 
 /* The next request; between requests the Python thread serves the sockets itself (when it
- * owns them) and sleeps in poll() with the GIL released, or runs the asyncio loop. */
+ * owns them) and sleeps in poll() with the GIL released, waking for the asyncio loop too. */
 static kreq_t *next_request(void) {
-    bool loop_woke = false; /* the loop's selector became readable */
     for (;;) {
         kq_ack(S->req_q);
         kreq_t *r = kq_pop(S->req_q);
@@ -1014,9 +1013,9 @@ static kreq_t *next_request(void) {
         kio_py_service(S);
         if ((r = kq_pop(S->req_q)))
             return r;
-        int lfd = loop_state();
-        if (lfd == LOOP_DUE || loop_woke) {
-            loop_woke = false;
+        int timeout_ms;
+        int lfd = loop_state(&timeout_ms);
+        if (timeout_ms == 0) {
             run_asyncio();
             continue;
         }
@@ -1025,9 +1024,9 @@ static kreq_t *next_request(void) {
         if (lfd >= 0)
             fds[nfds++] = (struct pollfd){.fd = lfd, .events = POLLIN};
         int n;
-        Py_BEGIN_ALLOW_THREADS n = poll(fds, (nfds_t)nfds, -1);
+        Py_BEGIN_ALLOW_THREADS n = poll(fds, (nfds_t)nfds, timeout_ms);
         Py_END_ALLOW_THREADS if (n < 0) discard_signals();
-        else if (lfd >= 0 && fds[nfds - 1].revents) loop_woke = true;
+        else if (n == 0 || (lfd >= 0 && fds[nfds - 1].revents)) run_asyncio();
     }
 }
 
@@ -1145,7 +1144,7 @@ int kpy_run(kshared_t *sh) {
         !(g_is_complete = glue_fn("is_complete")) || !(g_history = glue_fn("history")) ||
         !(g_at_exit = glue_fn("at_exit")) || !(g_comm = glue_fn("comm")) ||
         !(g_comm_info = glue_fn("comm_info")) || !(g_loop_state = glue_fn("loop_state")) ||
-        !(g_run_loop = glue_fn("run_loop")))
+        !(g_run_loop = glue_fn("run_loop_once")))
         return -EIO;
     flush_std();
     flusher_start();

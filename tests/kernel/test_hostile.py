@@ -123,10 +123,11 @@ def test_fork_child_that_keeps_running(k):
 
 
 def test_fork_in_a_task_between_cells(k):
-    """os.fork() in an asyncio task while the kernel is idle: the child finishes the callback
-    it is in and ends at once (it has no kernel to serve), and leaves the parent's loop intact
-    (the epoll instance is shared: a child tidying it would stop the parent hearing requests).
-    A task of the parent's reaps it, so the cell sees whether it ended before any request."""
+    """os.fork() in an asyncio task while the kernel is idle: the child finishes the pass of
+    the loop it is in and ends at once (it has no kernel to serve; left running, it would sleep
+    on the loop's epoll instance, which it shares with the parent), and the parent's loop keeps
+    serving. A task of the parent's reaps it, so a cell sees whether it ended before any
+    request."""
     reply, _ = k.execute(
         "import asyncio, os, time\n"
         "pids, ended = [], []\n"
