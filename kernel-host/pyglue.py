@@ -673,7 +673,7 @@ def loop_state():
     if not loop._scheduled:
         return (fd, -1)
     left = loop._scheduled[0].when() - loop.time()  # a heap: the earliest first
-    return (fd, 0 if left <= 0 else int(left * 1000) + 1)
+    return (fd, 0 if left <= 0 else int(min(left, 3600.0) * 1000) + 1)  # an int for poll()
 
 
 def _ignore_sigint(signum, frame):

@@ -132,3 +132,18 @@ def test_task_exception_is_reported(k):
     reply, out = k.execute("del t; gc.collect()")
     err = stream_text(out, "stderr")
     assert "Task exception was never retrieved" in err and "ValueError: in a task" in err, out
+
+
+def test_far_timer_does_not_disturb(k):
+    """A timer further away than poll() can wait (a C int of milliseconds) leaves the loop
+    working: a thread's call_soon_threadsafe still wakes it."""
+    k.execute("import asyncio, threading, time\n"
+              "loop = asyncio.get_event_loop()\n"
+              "far = loop.call_later(1e9, print, 'never')\n"
+              "def later():\n"
+              "    time.sleep(0.3)\n"
+              "    loop.call_soon_threadsafe(print, 'woken')\n"
+              "threading.Thread(target=later).start()")
+    m = k.iopub_until(lambda m: m["msg_type"] == "stream", timeout=10)
+    assert m is not None and m["content"]["text"] == "woken\n"
+    assert value(k, "far.cancel(); 1 + 1") == "2"
