@@ -692,6 +692,10 @@ static jwire_msg_t *recv_msg(kio_t *io, jwire_channel_t ch) {
             return m;
         if (r == -EAGAIN)
             return NULL;
+        if (r == -EINTR) { /* a signal (SIGINT between requests) came first: nothing taken */
+            rejected--;
+            continue;
+        }
         klog(LOG_LVL_WARN, "rejected message", "{s:s, s:s}", "channel", jwire_channel_name(ch),
              "error", strerror(-r));
     }

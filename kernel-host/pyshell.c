@@ -972,10 +972,24 @@ static void serve(const kreq_t *r) {
  * in *timeout_ms how long until it has callbacks due (0: now, -1: no timer). */
 static void log_python_error(const char *msg);
 
+/* Whether the failed call's exception is a KeyboardInterrupt, which it then clears: SIGINT
+ * between requests is discarded (an interrupt that arrived before the call ran Python's
+ * handler at its first instruction). */
+static bool interrupted(void) {
+    if (!PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return false;
+    PyErr_Clear();
+    return true;
+}
+
 static int loop_state(int *timeout_ms) {
     int fd = -1;
     *timeout_ms = -1;
     PyObject *r = PyObject_CallNoArgs(g_loop_state);
+    if (!r && interrupted()) {
+        *timeout_ms = 0; /* unknown: a pass (which asks nothing) and the question again */
+        return -1;
+    }
     if (!r || !PyArg_ParseTuple(r, "ii", &fd, timeout_ms)) {
         Py_XDECREF(r);
         log_python_error("asyncio loop state unknown");
@@ -993,7 +1007,7 @@ static void run_asyncio(void) {
     atomic_store(&cell_running, true);
     PyObject *r = PyObject_CallNoArgs(g_run_loop);
     atomic_store(&cell_running, false);
-    if (!r)
+    if (!r && !interrupted()) /* interrupted: the pass may not have run; the next one will */
         log_python_error("asyncio loop failed");
     Py_XDECREF(r);
     if (forked)

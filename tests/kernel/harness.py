@@ -14,9 +14,11 @@ import kernelspec  # noqa: E402
 
 
 class Kernel:
-    def __init__(self, name=kernelspec.KERNEL_NAME, **install_kw):
+    def __init__(self, name=kernelspec.KERNEL_NAME, stderr=None, **install_kw):
+        """stderr: a file for the kernel's own log (default: the test's stderr)."""
         kernelspec.install(name, **install_kw)
-        self.km, self.kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+        kw = {"stderr": stderr} if stderr is not None else {}
+        self.km, self.kc = start_new_kernel(kernel_name=name, startup_timeout=60, **kw)
 
     def close(self):
         try:

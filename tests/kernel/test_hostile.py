@@ -153,6 +153,39 @@ def test_fork_in_a_task_between_cells(k):
     assert alive(k)
 
 
+def test_interrupt_storm_between_requests(tmp_path):
+    """SIGINT lands anywhere between requests, also outside the poll() it usually
+    interrupts: while the Python thread reads its sockets or runs a pass of the asyncio loop
+    (a task keeps it busy). Each is discarded there, without the kernel taking it for a broken
+    message or a failed loop, and the loop keeps running after the storm (its task's output
+    still arrives with no request to wake the kernel)."""
+    log_path = tmp_path / "kernel.log"
+    with open(log_path, "w") as log:
+        kern = Kernel(stderr=log)
+    try:
+        pid = kern.kernel_pid()
+        reply, _ = kern.execute("import asyncio\nasync def tick():\n    n = 0\n"
+                                "    while True:\n        n += 1\n"
+                                "        if n % 50 == 0:\n            print('tick', flush=True)\n"
+                                "        await asyncio.sleep(0.002)\n"
+                                "t = asyncio.create_task(tick())")
+        assert reply["status"] == "ok"
+        time.sleep(0.3)
+        for _ in range(2000):
+            os.kill(pid, signal.SIGINT)
+            time.sleep(0.0005)
+        calm = time.time() + 0.1
+        m = kern.iopub_until(lambda m: m["msg_type"] == "stream"  # sent after the storm
+                             and m["header"]["date"].timestamp() > calm, timeout=20)
+        assert m is not None and m["content"]["text"] == "tick\n", m
+        reply, out = kern.execute("t.done()")
+        assert of_type(out, "execute_result")[0]["content"]["data"]["text/plain"] == "False"
+    finally:
+        kern.close()
+    text = log_path.read_text()
+    assert "asyncio loop" not in text and "rejected message" not in text, text
+
+
 def test_recursion_bomb(k):
     reply, out = k.execute("def f(): return f()\nf()")
     assert reply["status"] == "error" and reply["ename"] == "RecursionError"
