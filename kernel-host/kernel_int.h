@@ -124,8 +124,8 @@ void kio_py_service(kshared_t *sh);
 void kio_py_pull_shell(kshared_t *sh);
 /* The fds to sleep on between requests (at most 8); wake on any, then kio_py_service(). */
 int kio_py_wait_fds(kshared_t *sh, struct pollfd *fds);
-/* Around each request: start arms the takeover timer; end sends what the request produced
- * (or lets the I/O thread do it, if it took over). */
+/* Around each request, and each pass of the asyncio loop between requests: start arms the
+ * takeover timer; end sends what it produced (or lets the I/O thread do it, if it took over). */
 void kio_py_request_start(kshared_t *sh);
 void kio_py_request_end(kshared_t *sh);
 /* input(): the I/O thread must own the sockets (to send input_request, read stdin). */

@@ -968,8 +968,6 @@ static void serve(const kreq_t *r) {
     }
 }
 
-/* The asyncio loop between requests (pyglue.py): the fd to sleep on for it (-1: none), and
- * in *timeout_ms how long until it has callbacks due (0: now, -1: no timer). */
 static void log_python_error(const char *msg);
 
 /* Whether the failed call's exception is a KeyboardInterrupt, which it then clears: SIGINT
@@ -982,6 +980,8 @@ static bool interrupted(void) {
     return true;
 }
 
+/* The asyncio loop between requests (pyglue.py): the fd to sleep on for it (-1: none), and
+ * in *timeout_ms how long until it has callbacks due (0: now, -1: no timer). */
 static int loop_state(int *timeout_ms) {
     int fd = -1;
     *timeout_ms = -1;

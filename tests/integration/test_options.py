@@ -92,6 +92,23 @@ def test_connection_limits_and_client_timeout(make_gateway):
     assert r.status_code == 200, r.text
 
 
+def test_max_connections(make_gateway):
+    """--max-connections caps the connections of all clients together (here from one address,
+    with the per-address limit off)."""
+    g = make_gateway(["--min-idle-workers", "0", "--max-connections", "3",
+                      "--max-connections-per-address", "0"]).start()
+    time.sleep(0.3)  # the start's health checks have closed their connections
+    held = [_raw(g) for _ in range(3)]
+    fourth = _raw(g)
+    data = _read_all(fourth)
+    fourth.close()
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body == {"error": "too_many_connections", "detail": "connection limit reached"}
+    for s in held:
+        s.close()
+
+
 def test_max_code_bytes(make_gateway):
     n = 1000
     g = make_gateway(["--min-idle-workers", "1", "--max-code-bytes", str(n)]).start()
